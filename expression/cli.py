@@ -1,0 +1,90 @@
+"""Command-line plumbing shared by every script: one-line errors, device choice, seeding.
+
+Bad input the user can fix raises `UsageError`; `run_main` turns it into a single line on stderr and
+exit code 2 instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+class UsageError(Exception):
+    """A problem with the user's input or environment, reported as one line with the fix (exit 2)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with every default in --help and a one-line error (no usage dump) on bad flags."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Show every default and keep the module docstring's example commands laid out as written.
+
+    A flag whose default depends on other flags says so in its own help (and mentions "default");
+    a flag without a value (None, False) shows nothing rather than "(default: None)".
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def run_main(main, args) -> int:
+    """Call `main(args)`; a UsageError becomes one line on stderr and exit code 2."""
+    try:
+        return main(args) or 0
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, else cpu; an explicit device that is absent is a UsageError."""
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_ok else torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available: use --device cpu or auto")
+    if name == "mps" and not mps_ok:
+        raise UsageError("--device mps was asked for but MPS is not available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def use_progress_bars(quiet: bool) -> bool:
+    """Bars only for a person watching a terminal: logs and CI get the per-epoch lines alone."""
+    return not quiet and sys.stdout.isatty()

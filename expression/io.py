@@ -1,0 +1,56 @@
+"""Atomic file writes: a crash or Ctrl-C never leaves a half-written model, plot or report.
+
+Everything is written to a temporary file in the destination folder and then moved over the target
+with `os.replace`, which is atomic on POSIX and Windows when both paths are on one file system.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .cli import UsageError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, but outputs should get the user's usual mode
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path` (same suffix, so savefig infers the format); on success
+    move it over `path`, on any exception delete it and leave the old file untouched."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def ensure_writable_dir(path, what: str) -> Path:
+    """Create `path` if needed and prove we can write there, before any long work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test."):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write to {what} folder {path} ({err.strerror or err}): "
+                         f"choose another with the matching flag or fix its permissions") from None
+    return path

@@ -1,0 +1,100 @@
+"""Checkpoints: strict, weights_only round trips; every malformed file is a clear UsageError."""
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+from torchvision import models
+
+from conftest import make_checkpoint
+from expression import checkpoint
+from expression.cli import UsageError
+from expression.data import Preprocessing
+from expression.model import build_model
+
+
+def test_round_trip_is_strict_and_weights_only(tmp_path):
+    path = make_checkpoint(tmp_path / "m.pt", classes=("a", "b", "c"), img_size=40)
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # plain types only
+    model, ckpt = checkpoint.load_model(path)
+    assert ckpt["class_names"] == ["a", "b", "c"] and model.fc.out_features == 3
+    assert Preprocessing.from_checkpoint(ckpt) == Preprocessing(40, (0.5,) * 3, (0.5,) * 3, "gray")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, raw["model"][key])
+    assert not model.training
+
+
+def test_pickled_whole_model_is_refused(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(build_model("resnet34", 7), path)
+    with pytest.raises(UsageError, match="pickles Python objects"):
+        checkpoint.load_model(path)
+
+
+def test_bare_state_dict_and_garbage_are_refused(tmp_path):
+    torch.save(build_model("resnet34", 7).state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(UsageError, match="not an Expression-Deciphered checkpoint"):
+        checkpoint.load_model(tmp_path / "bare.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00\x01junk")
+    with pytest.raises(UsageError, match="cannot read checkpoint"):
+        checkpoint.load_model(tmp_path / "junk.pt")
+    with pytest.raises(UsageError, match="no checkpoint at .*train one with"):
+        checkpoint.load_model(tmp_path / "missing.pt")
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    path = make_checkpoint(tmp_path / "m.pt")
+    record = torch.load(path, weights_only=True)
+    record["class_names"] = record["class_names"][:5]  # claims 5 classes, holds a 7-way head
+    checkpoint.save(record, path)
+    with pytest.raises(UsageError, match="do not fit a resnet34 with 5 classes"):
+        checkpoint.load_model(path)
+
+
+def test_a_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = make_checkpoint(tmp_path / "m.pt")
+    before = path.read_bytes()
+
+    def crash(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save({"anything": 1}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+
+
+def test_newest_model(tmp_path):
+    with pytest.raises(UsageError, match="no model in"):
+        checkpoint.newest_model(tmp_path)
+    older = make_checkpoint(tmp_path / "older.pt")
+    newer = make_checkpoint(tmp_path / "newer.pt")
+    import os
+    os.utime(older, (1, 1))
+    assert checkpoint.newest_model(tmp_path) == newer
+
+
+def test_local_torchvision_weights(tmp_path):
+    torch.manual_seed(3)
+    reference = models.resnet34(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet34.pth")
+    model = build_model("resnet34", 7, weights=str(tmp_path / "resnet34.pth"))
+    assert torch.equal(model.conv1.weight, reference.conv1.weight) and model.fc.out_features == 7
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
+    with pytest.raises(UsageError, match="does not match torchvision resnet34"):
+        build_model("resnet34", 7, weights=str(tmp_path / "foreign.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(UsageError, match="cannot read weights file"):
+        build_model("resnet34", 7, weights=str(tmp_path / "junk.pth"))
+
+
+def test_imagenet_weights_offline_is_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(models.ResNet34_Weights, "get_state_dict", offline)
+    with pytest.raises(UsageError, match="pass --weights none"):
+        build_model("resnet34", 7, weights="imagenet")
