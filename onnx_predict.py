@@ -1,0 +1,227 @@
+"""Classify face images with an exported ONNX model: onnxruntime, numpy and PIL only, no PyTorch.
+
+Everything the model needs (class names, input size, colour mode, mean/std) is read from the .onnx
+file's metadata, written by export.py. Preprocessing repeats expression.data.Preprocessing exactly:
+convert to L (gray) or RGB, PIL bilinear resize to SxS, /255, (x - mean) / std, gray repeated to 3
+channels. This file deliberately imports nothing from the project so it can be copied next to the
+.onnx file onto a machine with only `pip install onnxruntime pillow numpy`.
+
+Examples:
+    python onnx_predict.py img/face.png data/demo/test/happy           # newest models/*.onnx
+    python onnx_predict.py --model models/resnet34_demo.onnx --json "faces/*.jpg" > predictions.jsonl
+
+Output: one line per image, `path<TAB>label<TAB>probability`, or with --json one JSON object per line
+with every class's probability.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+REQUIRED_METADATA = ("class_names", "img_size", "mean", "std", "color")
+EXPORT_HINT = "export one with `python export.py --checkpoint models/NAME.pt` or pass --model PATH"
+
+
+class UsageError(Exception):
+    """Bad input the user can fix: reported as one line and exit code 2 (as the project's other scripts)."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files, folders (searched recursively) or quoted glob patterns")
+    parser.add_argument("--model", default="newest", help="ONNX file; 'newest' = the newest MODELS_DIR/*.onnx")
+    parser.add_argument("--models-dir", default="models", help="where --model newest looks")
+    parser.add_argument("--json", action="store_true", help="JSON lines with all class probabilities")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per onnxruntime call")
+    parser.add_argument("--threads", type=_non_negative_int, default=0,
+                        help="onnxruntime intra-op threads; 0 = its default (one per physical core)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model and metadata
+
+
+def newest_onnx(models_dir) -> Path:
+    candidates = sorted(Path(models_dir).glob("*.onnx"), key=lambda p: p.stat().st_mtime) \
+        if Path(models_dir).is_dir() else []
+    if not candidates:
+        raise UsageError(f"no .onnx model in {models_dir}/: {EXPORT_HINT}")
+    return candidates[-1]
+
+
+def parse_metadata(props: dict) -> dict:
+    """String metadata_props -> typed preprocessing spec; a file without them is not ours."""
+    missing = [k for k in REQUIRED_METADATA if k not in props]
+    if missing:
+        raise ValueError(f"metadata lacks {', '.join(missing)}")
+    meta = dict(props)
+    meta["class_names"] = [str(c) for c in json.loads(props["class_names"])]
+    meta["img_size"] = int(props["img_size"])
+    meta["mean"] = [float(m) for m in json.loads(props["mean"])]
+    meta["std"] = [float(s) for s in json.loads(props["std"])]
+    if meta["color"] not in ("gray", "rgb"):
+        raise ValueError(f"unknown color {meta['color']!r}")
+    return meta
+
+
+def load_session(path, threads: int = 0):
+    """-> (onnxruntime CPU session, metadata dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no ONNX model at {path}: {EXPORT_HINT}")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for bad protobufs and graphs
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UsageError(f"onnxruntime cannot load {path} ({first}): {EXPORT_HINT}") from None
+    try:
+        meta = parse_metadata(session.get_modelmeta().custom_metadata_map)
+    except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+        raise UsageError(f"{path} is not an Expression-Deciphered export ({err}): {EXPORT_HINT}") from None
+    return session, meta
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preprocessing: must equal expression.data.Preprocessing (tests/test_export.py checks it)
+
+
+def pixels(img, meta: dict) -> np.ndarray:
+    """uint8 (S, S) for gray models or (S, S, 3) for rgb ones, resized with PIL's bilinear filter."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    size = meta["img_size"]
+    img = img.convert("L" if meta["color"] == "gray" else "RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalize(batch_uint8: np.ndarray, meta: dict) -> np.ndarray:
+    """uint8 (N, S, S) or (N, S, S, 3) -> float32 (N, 3, S, S), all arithmetic in float32 as torch does."""
+    x = batch_uint8.astype(np.float32) / np.float32(255.0)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    if x.shape[1] == 1:
+        x = np.repeat(x, 3, axis=1)
+    mean = np.asarray(meta["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(meta["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def preprocess(images, meta: dict) -> np.ndarray:
+    """A list of PIL images or uint8 arrays of any size and mode -> model input (N, 3, S, S) float32."""
+    return normalize(np.stack([pixels(img, meta) for img in images]), meta)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)  # shift so exp cannot overflow
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def find_images(specs) -> list[str]:
+    paths = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_file():
+            paths.append(str(path))  # named explicitly: tried whatever its extension
+        elif path.is_dir():
+            paths.extend(sorted(str(p) for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+        else:
+            matches = sorted(p for p in glob.glob(spec, recursive=True)
+                             if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS))
+            if not matches:
+                raise UsageError(f"{spec} is not a file, folder or glob matching any image")
+            paths.extend(matches)
+    return list(dict.fromkeys(paths))  # a file named twice is predicted once
+
+
+def load_pixels(path, meta: dict) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pixels(img, meta)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise UsageError(f"cannot read image {path} ({err}): pass image files only") from None
+
+
+def predict(session, meta: dict, batch_uint8: np.ndarray) -> np.ndarray:
+    """Probabilities (N, C) for uint8 pixels as `pixels` returns them."""
+    name = session.get_inputs()[0].name
+    logits = session.run(None, {name: normalize(batch_uint8, meta)})[0]
+    return softmax(logits.astype(np.float64))
+
+
+def main(args) -> int:
+    paths = find_images(args.images)  # before loading the model: a typo in a path fails at once
+    if not paths:
+        raise UsageError(f"no images found in {' '.join(args.images)}: pass image files, folders or globs")
+    model = newest_onnx(args.models_dir) if args.model == "newest" else Path(args.model)
+    session, meta = load_session(model, args.threads)
+    # decode (and shrink to SxS) everything first, so an unreadable file stops the run before any output
+    arrays = [load_pixels(p, meta) for p in paths]
+    classes = meta["class_names"]
+    for start in range(0, len(paths), args.batch_size):
+        probs = predict(session, meta, np.stack(arrays[start:start + args.batch_size]))
+        for path, p in zip(paths[start:start + args.batch_size], probs):
+            best = int(p.argmax())
+            if args.json:
+                print(json.dumps({"path": path, "label": classes[best], "probability": round(float(p[best]), 6),
+                                  "probabilities": {c: round(float(q), 6) for c, q in zip(classes, p)}}))
+            else:
+                print(f"{path}\t{classes[best]}\t{p[best]:.4f}")
+    return 0
+
+
+def run_main(args) -> int:
+    try:
+        return main(args) or 0
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(get_args_parser().parse_args()))
