@@ -240,6 +240,7 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
 
 def evaluate_all(model, loader, criterion, device, dist_info, progress):
     """Evaluate the plain module (DDP's forward would sync buffers; ranks hold unequal shards here)."""
+    distributed.sync_buffers(unwrap(model), dist_info)  # every rank scores the model rank 0 saves
     indices = loader.indices()
     result = evaluate(unwrap(model), loader, criterion, device, progress)
     return distributed.gather_evaluation(result, indices, len(loader.labels), dist_info)

@@ -81,3 +81,14 @@ def reduce_epoch(loss: float, acc: float, seen: int, info: DistInfo, device) -> 
     totals = torch.tensor([loss * seen, acc * seen, float(seen)], dtype=torch.float64, device=device)
     dist.all_reduce(totals)
     return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+
+
+def sync_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP syncs buffers at the start of each forward, so after the last training step every rank holds
+    its own running statistics; evaluating with them would score a model nobody saves.
+    """
+    if info.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
