@@ -1,0 +1,33 @@
+"""Explanation library: class activation maps, attention maps and overlays (pure torch).
+
+Does not depend on the training code: any ``nn.Module`` that maps (N,C,H,W) images to (N,classes)
+logits works; layers are named as in ``model.named_modules()`` ("layer4", "layer4.2.conv2").
+
+Example::
+
+    import torch, torchvision
+    from gradcam import explain, attention_maps, overlay
+    model = torchvision.models.resnet34(weights=None, num_classes=7)
+    x = torch.rand(8, 3, 48, 48)
+    res = explain(model, x, methods=("gradcam", "gradcampp"))      # one forward + one backward
+    res.maps["gradcam/layer4"]        # (8, 48, 48) float32 in [0, 1]
+    res.feature_sizes["layer4"]       # (2, 2): 48 px input leaves layer4 coarse
+    att = attention_maps(model, x)    # att.maps["layer2"]: (8, 48, 48)
+    face = (x[0, 0] * 255).byte().numpy()
+    rgb = overlay(face, res.maps["gradcam/layer3"][0].numpy(), colormap="jet", alpha=0.5)
+
+Modules: ``base`` (hooks, pass, normalisation), ``methods`` (Grad-CAM family, ``explain``),
+``scorecam``, ``attention``, ``overlay``.
+"""
+from .attention import AttentionResult, attention_maps
+from .base import UPSAMPLE_MODES, BaseCAM, CAMResult, LayerHooks
+from .methods import (GRADIENT_METHODS, METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM,
+                      XGradCAM, explain)
+from .overlay import colorize, overlay
+from .scorecam import ScoreCAM
+
+__all__ = [
+    "explain", "attention_maps", "overlay", "colorize", "METHODS", "GRADIENT_METHODS",
+    "UPSAMPLE_MODES", "CAMResult", "AttentionResult", "LayerHooks", "BaseCAM", "GradCAM",
+    "GradCAMPlusPlus", "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM",
+]
