@@ -1,0 +1,54 @@
+"""Activation-based attention maps (Zagoruyko & Komodakis 2017) of a trained expression model per stage.
+
+The map of a layer is mean_k |A_k|^p over its channels: where the layer responds strongly, whatever
+the class. It needs no gradients and no target class, so this script has no --target flag; compare
+with gradcam_FER.py, which explains one class. Preprocessing comes from the checkpoint.
+
+    python attentionMap_FER.py                               # newest models/*.pt, 16 test faces
+    python attentionMap_FER.py --checkpoint models/resnet34_demo.pt --images data/demo/test \\
+        --p 4 --save-maps runs/explain/attention.npz
+    python attentionMap_FER.py --images "photos/*.jpg" --layers layer2,layer3 --limit 0
+
+Writes <out>/attention_grid.png (or attention_grid_001.png, ... for more than --rows-per-file faces).
+"""
+from __future__ import annotations
+
+import sys
+
+from expression.cli import ArgumentParser, positive_float, run_main
+from gradcam import attention_maps
+from gradcam.figures import Batch, add_common_args, draw_grids, prepare, print_paths, run_batches, \
+    save_maps, summary
+
+GRID = "attention_grid"
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--p", type=positive_float, default=2.0,
+                        help="exponent of |A|^p; larger p stresses the most active positions")
+    return add_common_args(parser, grid_name=GRID, target=False)
+
+
+def main(args) -> int:
+    session = prepare(args)
+
+    def compute(images, index):
+        att = attention_maps(session.model, images, layers=args.layers, p=args.p)
+        # Keys carry the method like gradcam_FER.py's ("attention/layer4"), so the npz files read alike.
+        return Batch({f"attention/{k}": v for k, v in att.maps.items()}, att.probs, att.feature_sizes)
+
+    result = run_batches(compute, session, args.batch_size, "attention")
+    panels = [(f"attention/{layer}",
+               f"{layer} {'x'.join(map(str, result.feature_sizes[layer]))}\nattention p={args.p:g}")
+              for layer in args.layers]
+    paths = draw_grids(session, result, panels, args, GRID)
+    if args.save_maps:
+        paths.append(save_maps(args.save_maps, session, result))
+    summary(session, result, f"attention maps (p={args.p:g})")
+    print_paths(paths)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, get_args_parser().parse_args()))

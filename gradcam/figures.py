@@ -1,0 +1,415 @@
+"""What gradcam_FER.py and attentionMap_FER.py share: flags, image loading, batching, grids, npz files.
+
+Both scripts explain a checkpoint on a handful of faces and differ only in the maps they compute, so
+everything else lives here once (a second copy of the image loader or the grid code would drift):
+
+    session = prepare(args)                    # checkpoint, preprocessing, images, output folder
+    result = run_batches(compute, session, args.batch_size, "grad-cam")
+    paths = draw_grids(session, result, panels, args, "gradcam_grid")
+    save_maps(args.save_maps, session, result)
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from expression.checkpoint import load_model, newest_model
+from expression.cli import UsageError, non_negative_int, positive_int, resolve_device, use_progress_bars
+from expression.data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
+from expression.io import atomic_path, ensure_writable_dir
+
+from .base import resolve_layers
+from .overlay import overlay
+
+# The seed explained all four ResNet34 stages. At 48 px input their feature maps are layer1 12x12,
+# layer2 6x6, layer3 3x3 and layer4 2x2 (strides 4, 8, 16, 32): deep-layer maps are coarse by design,
+# upsampling them to 48 px only smooths a 2x2 grid, it adds no detail.
+DEFAULT_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+DEFAULT_LIMIT = 16  # a grid of a whole test set (7,178 FER2013 faces) is unreadable
+ROWS_PER_FILE = 8   # more rows than this go to further numbered grid files
+# "%(default).0s" formats the default as an empty string: it stops argparse's defaults formatter from
+# appending "(default: None)" where the help already says in words what None means.
+_DEFAULT_IN_WORDS = "%(default).0s"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """argparse type for comma-separated names: 'layer3, layer4' -> ('layer3', 'layer4')."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))  # no duplicates
+    if not names:
+        raise ValueError("empty list")
+    return names
+
+
+name_list.__name__ = "comma-separated list"  # argparse names the type in its error message
+
+
+def unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def add_common_args(parser, *, grid_name: str, target: bool = True):
+    """The flags both explanation scripts take, with the same names, defaults and help."""
+    parser.add_argument("--checkpoint", default=None,
+                        help="model file written by train_resnet34.py (default: the newest models/*.pt)"
+                             + _DEFAULT_IN_WORDS)
+    parser.add_argument("--images", nargs="+", default=None, metavar="PATH",
+                        help="image files, folders or globs; any size, grayscale/RGB/RGBA. A folder of class "
+                             "sub-folders (like data/fer2013/test) gives true labels (default: the checkpoint's "
+                             "test folder if it exists here, else data/demo/test for a --demo checkpoint, else "
+                             "data/fer2013/test)" + _DEFAULT_IN_WORDS)
+    parser.add_argument("--layers", type=name_list, default=",".join(DEFAULT_LAYERS), metavar="L1,L2",
+                        help="comma-separated module names to explain; the seed's four ResNet stages by "
+                             "default (at 48 px: layer1 12x12 ... layer4 2x2)")
+    if target:
+        parser.add_argument("--target", default="predicted", metavar="{predicted,true,CLASS}",
+                            help="class to explain: the predicted one, the true label (needs class "
+                                 "sub-folders), or a class name such as happy")
+    parser.add_argument("--limit", type=non_negative_int, default=DEFAULT_LIMIT,
+                        help="explain at most this many images, taken round-robin over classes when labels "
+                             "are known (0 = all)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="images per forward/backward pass (and per Score-CAM masking pass)")
+    parser.add_argument("--out", default=None,
+                        help=f"output folder for {grid_name}.png (default: runs/explain/<checkpoint name>/)"
+                             + _DEFAULT_IN_WORDS)
+    parser.add_argument("--save-maps", default=None, metavar="FILE.npz",
+                        help="also write the raw maps, float32 (N, H, W) at input resolution, with files, "
+                             "predictions and probabilities (default: not written)" + _DEFAULT_IN_WORDS)
+    parser.add_argument("--rows-per-file", type=positive_int, default=ROWS_PER_FILE,
+                        help="images per grid PNG; more images go to numbered files")
+    parser.add_argument("--colormap", default="jet", help="colormap of the heat overlay")
+    parser.add_argument("--alpha", type=unit_float, default=0.5, help="opacity of the heat overlay")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="auto: cuda, then mps, else cpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary line, only the paths written")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint, images, targets
+
+
+@dataclass
+class Session:
+    """Everything a script needs before computing maps."""
+
+    model: torch.nn.Module
+    ckpt: dict
+    checkpoint: Path
+    prep: Preprocessing
+    class_names: list
+    device: torch.device
+    files: list            # paths of the images that could be read, in explanation order
+    labels: list           # class-folder name of each image, or None
+    pixels: list           # uint8 (S, S) or (S, S, 3): exactly what the model sees, before normalising
+    out_dir: Path
+    progress: bool
+    quiet: bool
+
+    @property
+    def label_indices(self) -> np.ndarray:
+        """True class index per image, -1 where unknown or not one of the checkpoint's classes."""
+        return np.array([self.class_names.index(lb) if lb in self.class_names else -1 for lb in self.labels],
+                        dtype=np.int64)
+
+    def tensor(self, index) -> torch.Tensor:
+        return self.prep.to_tensor([self.pixels[i] for i in index]).to(self.device)
+
+
+def default_images(ckpt: dict) -> list[str]:
+    """The test folder recorded in the checkpoint's training args when it exists here (this covers
+    --demo-corner runs too), else data/demo/test for a demo checkpoint, else data/fer2013/test."""
+    train_args = ckpt.get("args") or {}
+    recorded = train_args.get("test_dir")
+    if recorded and Path(recorded).is_dir():
+        return [str(recorded)]
+    return ["data/demo/test" if train_args.get("demo") else "data/fer2013/test"]
+
+
+def balanced_order(entries, class_names) -> list:
+    """Round-robin over label groups (checkpoint class order, then other folders, unlabelled last), so
+    the first N of a sorted test folder are not all 'angry'. Order within a group is kept."""
+    groups: dict = {}
+    for entry in entries:
+        groups.setdefault(entry.label, []).append(entry)
+    if len(groups) <= 1:
+        return list(entries)
+    rank = {name: i for i, name in enumerate(class_names)}
+    keys = sorted(groups, key=lambda k: (k is None, rank.get(k, len(rank)), k or ""))
+    ordered, depth = [], 0
+    while len(ordered) < len(entries):
+        ordered.extend(groups[k][depth] for k in keys if depth < len(groups[k]))
+        depth += 1
+    return ordered
+
+
+def load_images(entries, limit: int):
+    """Decode images in order until `limit` are readable (0 = all); unreadable ones are skipped and
+    listed in one warning line on stderr."""
+    kept, skipped = [], []
+    for entry in entries:
+        if limit and len(kept) >= limit:
+            break
+        try:
+            kept.append((entry, load_pil(entry.path)))
+        except UnreadableImage as err:
+            skipped.append(str(err).splitlines()[0][:160])
+    if skipped:
+        shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"warning: skipped {len(skipped)} unreadable image(s): {shown}", file=sys.stderr)
+    if not kept:
+        raise UsageError(f"none of the {len(skipped)} image file(s) found could be read: pass --images with "
+                         f"readable image files")
+    return kept
+
+
+def check_layers(model, layers) -> None:
+    """Fail on a bad --layers before any image is decoded, with the library's list of valid names."""
+    try:
+        resolve_layers(model, layers)
+    except ValueError as err:
+        raise UsageError(f"--layers: {str(err).splitlines()[0]}") from None
+
+
+def check_overlay(colormap: str, alpha: float) -> None:
+    """Fail on a bad --colormap before the checkpoint is loaded, with overlay's own message."""
+    try:
+        overlay(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.float32), colormap=colormap, alpha=alpha)
+    except (ValueError, KeyError, AttributeError) as err:
+        raise UsageError(f"--colormap {colormap}: {str(err).splitlines()[0][:160] or 'unknown colormap'}") \
+            from None
+
+
+def prepare(args) -> Session:
+    """Load the checkpoint, check the flags against it, pick and decode the images, make --out."""
+    check_overlay(args.colormap, args.alpha)
+    device = resolve_device(args.device)
+    path = Path(args.checkpoint) if args.checkpoint else newest_model("models")
+    model, ckpt = load_model(path, device)
+    check_layers(model, args.layers)
+    class_names = list(ckpt["class_names"])
+    out_dir = ensure_writable_dir(args.out or Path("runs") / "explain" / path.stem, "--out")
+    if args.save_maps:
+        ensure_writable_dir(Path(args.save_maps).parent, "--save-maps")
+
+    specs = args.images or default_images(ckpt)
+    entries = find_images(specs)
+    if not entries:
+        missing = [s for s in specs if not Path(s).exists() and not any(c in str(s) for c in "*?[")]
+        why = f" ({', '.join(missing)} does not exist)" if missing else ""
+        raise UsageError(f"no images found in {' '.join(map(str, specs))}{why}: pass --images with files, "
+                         f"folders (optionally of class sub-folders) or globs of {'/'.join(IMAGE_EXTENSIONS)}")
+    kept = load_images(balanced_order(entries, class_names), args.limit)
+    prep = Preprocessing.from_checkpoint(ckpt)
+    return Session(model=model, ckpt=ckpt, checkpoint=path, prep=prep, class_names=class_names, device=device,
+                   files=[e.path for e, _ in kept], labels=[e.label for e, _ in kept],
+                   pixels=[prep.pixels(img) for _, img in kept], out_dir=out_dir,
+                   progress=use_progress_bars(args.quiet), quiet=args.quiet)
+
+
+def resolve_targets(spec: str, session: Session) -> list[int] | None:
+    """--target -> one class index per image, or None for the predicted class."""
+    names = session.class_names
+    if spec == "predicted":
+        return None
+    if spec == "true":
+        bad = [f for f, lb in zip(session.files, session.labels) if lb not in names]
+        if bad:
+            raise UsageError(f"--target true needs each image in a class sub-folder named after one of "
+                             f"{', '.join(names)}; {len(bad)} of them are not, e.g. {bad[0]}")
+        return session.label_indices.tolist()
+    if spec in names:
+        return [names.index(spec)] * len(session.files)
+    raise UsageError(f"--target {spec}: choose predicted, true or a class of this checkpoint "
+                     f"({', '.join(names)})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Computing maps in batches
+
+
+@dataclass
+class Batch:
+    """What a script's compute function returns for one batch."""
+
+    maps: dict                # key ("gradcam/layer4") -> (B, H, W) tensor in [0, 1] at input resolution
+    probs: torch.Tensor       # (B, C)
+    feature_sizes: dict       # layer -> (h, w)
+    targets: torch.Tensor | None = None  # class each map explains, None for class-agnostic maps
+
+
+@dataclass
+class Result:
+    maps: dict                # key -> float32 (N, H, W)
+    probs: np.ndarray         # float32 (N, C)
+    feature_sizes: dict
+    targets: np.ndarray | None = None
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+
+def run_batches(compute, session: Session, batch_size: int, desc: str) -> Result:
+    """Call compute(images, index) over batches (a tqdm bar when a person watches) and stitch the maps.
+    Raising a ValueError inside compute (unknown layer/method) becomes a one-line UsageError."""
+    n = len(session.files)
+    maps, probs, targets, sizes = {}, [], [], {}
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not session.progress, leave=False):
+        index = list(range(start, min(start + batch_size, n)))
+        try:
+            batch = compute(session.tensor(index), index)
+        except ValueError as err:
+            raise UsageError(str(err).splitlines()[0]) from None
+        for key, value in batch.maps.items():
+            maps.setdefault(key, []).append(value.detach().float().cpu().numpy())
+        probs.append(batch.probs.detach().float().cpu().numpy())
+        if batch.targets is not None:
+            targets.append(batch.targets.detach().cpu().numpy())
+        sizes = {k: tuple(int(s) for s in v) for k, v in batch.feature_sizes.items()}
+    return Result(maps={k: np.concatenate(v).astype(np.float32) for k, v in maps.items()},
+                  probs=np.concatenate(probs).astype(np.float32), feature_sizes=sizes,
+                  targets=np.concatenate(targets).astype(np.int64) if targets else None)
+
+
+def summary(session: Session, result: Result, what: str) -> None:
+    if session.quiet:
+        return
+    labels = session.label_indices
+    known = labels >= 0
+    line = f"{what}: {len(session.files)} image(s) with {session.checkpoint}"
+    if known.any():
+        line += f"; {(result.pred[known] == labels[known]).sum()}/{known.sum()} labelled ones predicted correctly"
+    print(line)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def colormap_of_overlay(colormap: str) -> ListedColormap:
+    """The overlay's own colours, read back through gradcam.overlay, so the colour bar matches the panels
+    whatever colour table overlay uses."""
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :]
+    colours = overlay(np.zeros((1, 256), np.uint8), ramp, colormap=colormap, alpha=1.0)
+    return ListedColormap(colours[0].astype(np.float32) / 255.0)
+
+
+def draw_grids(session: Session, result: Result, panels, args, name: str) -> list[Path]:
+    """One row per image: its file name, true and predicted label, the input face, then one overlay per
+    (key, title) panel, the titles once above the columns and one colour bar on the right.
+
+    Writes <out>/<name>.png, or <name>_001.png, _002.png, ... when there are more than --rows-per-file
+    images; grids of that name left from an earlier, differently split run are removed.
+    """
+    n, rows = len(session.files), args.rows_per_file
+    chunks = [range(s, min(s + rows, n)) for s in range(0, n, rows)]
+    paths = [session.out_dir / (f"{name}.png" if len(chunks) == 1 else f"{name}_{i + 1:03d}.png")
+             for i in range(len(chunks))]
+    for chunk, path in zip(chunks, paths):
+        fig = _grid_figure(session, result, panels, args, chunk)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=fig.dpi)
+    stale = re.compile(rf"{re.escape(name)}(_\d{{3}})?\.png")
+    for old in session.out_dir.iterdir():
+        if stale.fullmatch(old.name) and old not in paths:
+            old.unlink()
+    return paths
+
+
+# Grid geometry in pixels at GRID_DPI. The panels are pasted into one RGB raster drawn with figimage,
+# not one matplotlib Axes each: 8 rows x 9 panels of Axes took ~10 s to lay out, the raster ~0.2 s.
+GRID_DPI = 100
+PANEL_PX = 144     # a 48 px face is shown 3x, nearest neighbour: every input pixel stays visible
+CAPTION_PX = 132   # text column left of each row: file name, true label, prediction
+GAP_PX, MARGIN_PX, HEADER_PX, COLORBAR_PX = 6, 10, 34, 70
+
+
+def _grid_figure(session: Session, result: Result, panels, args, chunk) -> Figure:
+    size = session.prep.img_size
+    scale = max(1, -(-PANEL_PX // size))  # integer upscaling only, so no pixel is blurred or dropped
+    panel = size * scale
+    cols = 1 + len(panels)
+    left = MARGIN_PX + CAPTION_PX
+    width = left + cols * panel + (cols - 1) * GAP_PX + COLORBAR_PX + MARGIN_PX
+    height = MARGIN_PX + HEADER_PX + len(chunk) * panel + (len(chunk) - 1) * GAP_PX + MARGIN_PX
+    canvas = np.full((height, width, 3), 255, np.uint8)
+
+    fig = Figure(figsize=(width / GRID_DPI, height / GRID_DPI), dpi=GRID_DPI)
+    FigureCanvasAgg(fig)
+
+    def text(x, y, s, **kw):  # pixel coordinates from the top-left corner
+        fig.text(x / width, 1 - y / height, s, **kw)
+
+    labels = session.label_indices
+    for col, title in enumerate(["input"] + [t for _, t in panels]):
+        x = left + col * (panel + GAP_PX) + panel / 2
+        text(x, MARGIN_PX + HEADER_PX - 4, title, ha="center", va="bottom", fontsize=9, linespacing=1.1)
+    for row, i in enumerate(chunk):
+        y = MARGIN_PX + HEADER_PX + row * (panel + GAP_PX)
+        face = session.pixels[i]
+        tiles = [np.repeat(face[..., None], 3, axis=2) if face.ndim == 2 else face]
+        tiles += [overlay(face, result.maps[key][i], colormap=args.colormap, alpha=args.alpha) for key, _ in panels]
+        for col, tile in enumerate(tiles):
+            x = left + col * (panel + GAP_PX)
+            canvas[y:y + panel, x:x + panel] = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+        pred, label = int(result.pred[i]), int(labels[i])
+        file = Path(session.files[i]).name
+        file = file if len(file) <= 22 else file[:9] + "…" + file[-12:]
+        colour = "black" if label < 0 else ("tab:green" if label == pred else "tab:red")
+        lines = [(file, dict(fontsize=8, color="dimgray"))]
+        if session.labels[i] is not None:  # images outside class folders have no true label to show
+            lines.append((f"true  {session.labels[i]}", dict(fontsize=9)))
+        lines += [(f"pred  {session.class_names[pred]}", dict(fontsize=9, color=colour)),
+                  (f"p = {result.probs[i, pred]:.2f}", dict(fontsize=9, color=colour))]
+        for line, (s, style) in enumerate(lines):
+            text(MARGIN_PX, y + 2 + 18 * line, s, va="top", **style)
+    fig.figimage(canvas, xo=0, yo=0, origin="upper", zorder=-1)  # under the text and the colour bar
+
+    top = MARGIN_PX + HEADER_PX
+    bar_h = min(height - top - MARGIN_PX, 3 * panel)
+    cax = fig.add_axes([(width - COLORBAR_PX + 8) / width, 1 - (top + bar_h) / height, 14 / width, bar_h / height])
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormap_of_overlay(args.colormap)), cax=cax)
+    bar.set_label("relevance (each map 0-1)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def save_maps(path, session: Session, result: Result) -> Path:
+    """Raw maps, float32 (N, H, W) at input resolution, one array per key, plus files, pred, probs,
+    targets (class each map explains; -1 for class-agnostic maps), labels (true class or -1) and
+    class_names. Plain arrays only: np.load needs no allow_pickle."""
+    path = Path(path)
+    n = len(session.files)
+    arrays = dict(result.maps)
+    arrays.update(files=np.array(session.files, dtype=str), pred=result.pred.astype(np.int64),
+                  probs=result.probs.astype(np.float32),
+                  targets=result.targets if result.targets is not None else np.full(n, -1, np.int64),
+                  labels=session.label_indices, class_names=np.array(session.class_names, dtype=str))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a file object: np.savez adds no suffix
+        np.savez(handle, **arrays)
+    return path
+
+
+def print_paths(paths) -> None:
+    for path in paths:
+        print(f"wrote {path}")

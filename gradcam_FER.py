@@ -1,0 +1,59 @@
+"""Grad-CAM / Grad-CAM++ overlays of a trained expression model, one panel per layer and method.
+
+Each row of the grid is one face: the input with its true label (when it came from a class folder)
+and the predicted class with its probability, then the overlay of every --methods x --layers map.
+Preprocessing (size, colour, mean/std) comes from the checkpoint, so any image size or mode works.
+
+    python gradcam_FER.py                                    # newest models/*.pt, 16 test faces
+    python gradcam_FER.py --checkpoint models/resnet34_demo.pt --images data/demo/test \\
+        --methods gradcam,gradcampp,layercam --target true --save-maps runs/explain/maps.npz
+    python gradcam_FER.py --images face.jpg --layers layer3,layer4 --target happy
+
+Writes <out>/gradcam_grid.png (or gradcam_grid_001.png, ... for more than --rows-per-file faces).
+"""
+from __future__ import annotations
+
+import sys
+
+from expression.cli import ArgumentParser, UsageError, run_main
+from gradcam import METHODS, explain
+from gradcam.figures import Batch, add_common_args, draw_grids, name_list, prepare, print_paths, \
+    resolve_targets, run_batches, save_maps, summary
+
+GRID = "gradcam_grid"
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--methods", type=name_list, default="gradcam,gradcampp", metavar="M1,M2",
+                        help=f"comma-separated CAM methods, any of {', '.join(METHODS)}")
+    return add_common_args(parser, grid_name=GRID)
+
+
+def main(args) -> int:
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    session = prepare(args)
+    targets = resolve_targets(args.target, session)
+
+    def compute(images, index):
+        res = explain(session.model, images, layers=args.layers, methods=args.methods,
+                      targets=None if targets is None else [targets[i] for i in index],
+                      class_names=session.class_names, scorecam_batch_size=args.batch_size)
+        return Batch(res.maps, res.probs, res.feature_sizes, res.targets)
+
+    result = run_batches(compute, session, args.batch_size, "grad-cam")
+    # Methods side by side per layer, so the eye compares Grad-CAM with Grad-CAM++ at equal resolution.
+    panels = [(f"{method}/{layer}", f"{layer} {'x'.join(map(str, result.feature_sizes[layer]))}\n{method}")
+              for layer in args.layers for method in args.methods]
+    paths = draw_grids(session, result, panels, args, GRID)
+    if args.save_maps:
+        paths.append(save_maps(args.save_maps, session, result))
+    summary(session, result, f"explained ({', '.join(args.methods)}; target {args.target})")
+    print_paths(paths)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, get_args_parser().parse_args()))
