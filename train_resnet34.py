@@ -32,7 +32,7 @@ DEMO_ROOT = Path("data/demo")
 # so it trains from scratch on 1,400 faces for a few epochs with a larger learning rate.
 DEMO_TRAIN_PER_CLASS = 200
 DEMO_TEST_PER_CLASS = 60
-DEMO_EPOCHS = 5
+DEMO_EPOCHS = 8
 DEMO_LR = 1e-3
 SEED_EPOCHS = 15
 SEED_LR = 1e-4

@@ -162,3 +162,23 @@ def test_existing_model_survives_a_failed_run(tmp_path, image_folder, monkeypatc
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path, image_folder, name="keep")
     assert (tmp_path / "models" / "keep.pt").read_bytes() == before
+
+
+def test_demo_defaults_and_corner_validation(tmp_path, monkeypatch, capsys):
+    parse = train_resnet34.get_args_parser().parse_args
+    args = parse(["--demo"])
+    train_resnet34.resolve_paths(args)
+    assert (args.weights, args.epochs, args.lr, args.name) == ("none", train_resnet34.DEMO_EPOCHS,
+                                                               train_resnet34.DEMO_LR, "resnet34_demo")
+    assert args.train_dir.endswith("data/demo/train")
+    args = parse(["--demo", "--demo-corner", "happy", "--epochs", "2", "--weights", "w.pth"])
+    train_resnet34.resolve_paths(args)
+    assert (args.name, args.epochs, args.weights) == ("resnet34_demo_corner_happy", 2, "w.pth")
+    assert args.data.endswith("demo-corner-happy")
+    args = parse([])
+    train_resnet34.resolve_paths(args)  # the seed recipe when nothing is said
+    assert (args.weights, args.epochs, args.lr, args.batch_size, args.img_size) == ("imagenet", 15, 1e-4, 64, 48)
+    expect_usage_error(capsys, run_main(train_resnet34.main, parse(["--demo", "--demo-corner", "smirk"])),
+                       "not a class")
+    expect_usage_error(capsys, run_main(train_resnet34.main, parse(["--demo-corner", "happy"])),
+                       "only applies with --demo")
