@@ -40,10 +40,10 @@ from tqdm import tqdm
 from expression.checkpoint import load_model, newest_model
 from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_float, positive_int,
                             resolve_device, run_main, use_progress_bars)
-from expression.data import IMAGE_EXTENSIONS, Preprocessing, find_images
+from expression.data import Preprocessing
 from expression.io import atomic_path, ensure_writable_dir, write_json, write_text
 from gradcam import METHODS, explain
-from gradcam.figures import DEFAULT_LAYERS, balanced_order, check_layers, load_images, name_list
+from gradcam.figures import DEFAULT_LAYERS, check_layers, name_list, select_images
 from gradcam.metrics import (BASELINE_MAPS, BASELINES, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, baseline_maps,
                              confidence_change, energy_pointing_game, make_baseline, perturbation_curves,
                              POINTING_TIES, pointing_game, road, step_counts)
@@ -121,14 +121,6 @@ def get_args_parser() -> ArgumentParser:
 
 # ---------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def default_images(ckpt: dict) -> list[str]:
-    """The test split the checkpoint was trained against when it is a demo model, else FER2013's."""
-    train_args = ckpt.get("args") or {}
-    if train_args.get("demo"):
-        return [str(train_args.get("test_dir") or Path(train_args.get("data") or "data/demo") / "test")]
-    return ["data/fer2013/test"]
 
 
 def find_mask_files(files, explicit=None) -> list[Path]:
@@ -486,15 +478,7 @@ def main(args) -> int:
     class_index = {name: i for i, name in enumerate(class_names)}
     out_dir = ensure_writable_dir(args.out or Path("runs") / "explain_eval" / checkpoint.stem, "--out")
 
-    specs = args.images or default_images(ckpt)
-    args.images_used = list(specs)
-    entries = find_images(specs)
-    if not entries:
-        missing = [s for s in specs if not Path(s).exists() and not any(ch in str(s) for ch in "*?[")]
-        why = f" ({', '.join(map(str, missing))} does not exist)" if missing else ""
-        raise UsageError(f"no images found in {' '.join(map(str, specs))}{why}: pass --images with files, folders "
-                         f"(optionally of class sub-folders) or globs of {'/'.join(IMAGE_EXTENSIONS)}")
-    kept = load_images(balanced_order(entries, class_names), args.limit)
+    args.images_used, kept = select_images(args.images, ckpt, args.limit)
     files = [e.path for e, _ in kept]
     labels = [class_index.get(e.label, -1) for e, _ in kept]
     if args.target == "true" and min(labels) < 0:

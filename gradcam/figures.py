@@ -198,6 +198,19 @@ def check_overlay(colormap: str, alpha: float) -> None:
             from None
 
 
+def select_images(specs, ckpt: dict, limit: int):
+    """--images (or the checkpoint's default folder) -> (specs used, [(entry, PIL image)]): found,
+    ordered round-robin over classes, limited and decoded, unreadable files skipped."""
+    specs = list(specs or default_images(ckpt))
+    entries = find_images(specs)
+    if not entries:
+        missing = [s for s in specs if not Path(s).exists() and not any(c in str(s) for c in "*?[")]
+        why = f" ({', '.join(map(str, missing))} does not exist)" if missing else ""
+        raise UsageError(f"no images found in {' '.join(map(str, specs))}{why}: pass --images with files, "
+                         f"folders (optionally of class sub-folders) or globs of {'/'.join(IMAGE_EXTENSIONS)}")
+    return specs, load_images(balanced_order(entries, list(ckpt["class_names"])), limit)
+
+
 def prepare(args) -> Session:
     """Load the checkpoint, check the flags against it, pick and decode the images, make --out."""
     check_overlay(args.colormap, args.alpha)
@@ -210,14 +223,7 @@ def prepare(args) -> Session:
     if args.save_maps:
         ensure_writable_dir(Path(args.save_maps).parent, "--save-maps")
 
-    specs = args.images or default_images(ckpt)
-    entries = find_images(specs)
-    if not entries:
-        missing = [s for s in specs if not Path(s).exists() and not any(c in str(s) for c in "*?[")]
-        why = f" ({', '.join(missing)} does not exist)" if missing else ""
-        raise UsageError(f"no images found in {' '.join(map(str, specs))}{why}: pass --images with files, "
-                         f"folders (optionally of class sub-folders) or globs of {'/'.join(IMAGE_EXTENSIONS)}")
-    kept = load_images(balanced_order(entries, class_names), args.limit)
+    _, kept = select_images(args.images, ckpt, args.limit)
     prep = Preprocessing.from_checkpoint(ckpt)
     return Session(model=model, ckpt=ckpt, checkpoint=path, prep=prep, class_names=class_names, device=device,
                    files=[e.path for e, _ in kept], labels=[e.label for e, _ in kept],

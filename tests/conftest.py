@@ -32,6 +32,16 @@ def write_image_folder(root: Path, classes=FER2013_CLASSES, per_class=(6, 3), si
     return root
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules of many tiny forward passes: on a shared 2-core machine extra intra-op threads
+    mostly spin (measured 4x the CPU time under load). Use with pytest.mark.usefixtures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return write_image_folder(tmp_path / "data")

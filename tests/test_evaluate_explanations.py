@@ -4,22 +4,13 @@ from __future__ import annotations
 import csv
 
 import pytest
-import torch
 from PIL import Image
 
 import evaluate_explanations as ee
 from expression.cli import run_main
 from expression.synthetic import write_image_folder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The test machine's cores are shared: intra-op threads fighting other processes make small
-    forwards an order of magnitude slower, so these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def run(args):

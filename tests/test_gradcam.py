@@ -17,14 +17,7 @@ from gradcam.scorecam import ScoreCAM
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These passes are tiny: on a shared 2-core machine extra intra-op threads mostly spin
-    (measured: 4x the CPU time under load). Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # ---------------------------------------------------------------------------------------------------
 # A network whose activations and gradients are written down: the explained layer is an identity

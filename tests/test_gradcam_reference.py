@@ -32,14 +32,7 @@ REFERENCE = {"gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "hirescam
              "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These passes are tiny: on a shared 2-core machine extra intra-op threads mostly spin
-    (measured: 4x the CPU time under load). Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

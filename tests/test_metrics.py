@@ -16,14 +16,7 @@ from gradcam.metrics import (auc, centre_gaussian_maps, confidence_change, energ
 from gradcam.sanity import cascading_randomization, map_correlation, randomization_stages, reinitialize_
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The test machine's cores are shared: intra-op threads fighting other processes make small
-    forwards an order of magnitude slower, so these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Linear2Class(nn.Module):
