@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from expression.checkpoint import load_model, newest_model
+from expression.checkpoint import add_checkpoint_argument, checkpoint_path, load_model
 from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_float, positive_int,
                             resolve_device, run_main, use_progress_bars)
 from expression.data import Preprocessing
@@ -66,18 +66,15 @@ COLUMNS = (
     ("randomisation_rho_top", "rand. rho (top stage)", "lower"),
     ("randomisation_rho_layer", "rand. rho (own layer)", "lower"),
 )
-_DEFAULT_IN_WORDS = "%(default).0s"  # keeps argparse from appending "(default: None)" to worded defaults
 
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", default=None,
-                        help="model file written by train_resnet34.py (default: the newest models/*.pt)"
-                             + _DEFAULT_IN_WORDS)
+    add_checkpoint_argument(parser)
     parser.add_argument("--images", nargs="+", default=None, metavar="PATH",
                         help="image files, folders or globs; a folder of class sub-folders gives true labels "
                              "(default: DATA/test of a --demo checkpoint, else data/fer2013/test)"
-                             + _DEFAULT_IN_WORDS)
+                            )
     parser.add_argument("--methods", type=name_list, default=",".join(DEFAULT_METHODS), metavar="M1,M2",
                         help=f"comma-separated CAM methods, any of {', '.join(METHODS)}")
     parser.add_argument("--layers", type=name_list, default=",".join(DEFAULT_LAYERS), metavar="L1,L2",
@@ -109,11 +106,11 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--masks", default=None, metavar="FILE.npz",
                         help="evidence masks (keys files, evidence) with files relative to the npz's folder "
                              "(default: masks_*.npz found in a parent folder of the images, as "
-                             "expression.synthetic writes them)" + _DEFAULT_IN_WORDS)
+                             "expression.synthetic writes them)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random baseline map, ROAD noise and "
                                                              "the re-initialised weights")
     parser.add_argument("--out", default=None,
-                        help="output folder (default: runs/explain_eval/<checkpoint name>/)" + _DEFAULT_IN_WORDS)
+                        help="output folder (default: runs/explain_eval/<checkpoint name>/)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table; paths only")
     return parser
@@ -467,7 +464,7 @@ def main(args) -> int:
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     device = resolve_device(args.device)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else newest_model("models")
+    checkpoint = checkpoint_path(args.checkpoint)
     model, ckpt = load_model(checkpoint, device)
     check_layers(model, args.layers)
     prep = Preprocessing.from_checkpoint(ckpt)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from expression.checkpoint import load_model, newest_model
+from expression.checkpoint import add_checkpoint_argument, checkpoint_path, load_model
 from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_int, resolve_device,
                             run_main, use_progress_bars)
 from expression.data import Preprocessing, UnreadableImage, find_images, is_image_file, load_pil
@@ -60,7 +60,6 @@ PENDING_PIXELS = 64_000_000  # images held for annotation before a batch is forc
 # one colour per class index (RGB), distinct on faces and on gray
 PALETTE = ((230, 60, 60), (120, 170, 40), (150, 90, 200), (250, 200, 30), (170, 170, 170),
            (60, 120, 230), (250, 130, 30), (40, 190, 190), (230, 90, 170), (120, 90, 60))
-_DEFAULT_IN_WORDS = "%(default).0s"  # hides argparse's "(default: None)" where the help says it
 
 
 def non_negative_float(text: str) -> float:
@@ -76,13 +75,11 @@ non_negative_float.__name__ = "non-negative number"
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("paths", nargs="*", metavar="PATH",
-                        help="images, folders, globs or video files" + _DEFAULT_IN_WORDS)
+                        help="images, folders, globs or video files")
     parser.add_argument("--webcam", type=non_negative_int, default=None, metavar="N",
                         help="read camera N live instead of PATHs: a window with boxes and labels, q quits "
-                             "(default: off)" + _DEFAULT_IN_WORDS)
-    parser.add_argument("--checkpoint", default=None,
-                        help="model file written by train_resnet34.py (default: the newest models/*.pt)"
-                             + _DEFAULT_IN_WORDS)
+                             "(default: off)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
                         help="face detector: OpenCV Haar cascade frontalface_alt2 or frontalface_default "
                              "(haar), or none = the whole image is one face (pre-cropped faces)")
@@ -604,7 +601,7 @@ def main(args) -> int:
 
     progress, start = use_progress_bars(args.quiet), time.perf_counter()
     device = resolve_device(args.device)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else newest_model("models")
+    checkpoint = checkpoint_path(args.checkpoint)
     model, ckpt = load_model(checkpoint, device)
     detector = FaceDetector(args.detector, args.min_face, args.detect_max_side, args.min_neighbors)
     classifier = Classifier(model, ckpt, device, args.cam, args.cam_layer, args.batch_size)

@@ -96,6 +96,17 @@ def load_model(path, device="cpu"):
     return model_from_record(record, path, device), record
 
 
+def add_checkpoint_argument(parser) -> None:
+    """--checkpoint as every script that reads a trained model takes it (resolve with `checkpoint_path`)."""
+    parser.add_argument("--checkpoint", default=None,
+                        help="model file written by train_resnet34.py (default: the newest models/*.pt)")
+
+
+def checkpoint_path(arg) -> Path:
+    """The --checkpoint value, or the newest model when it was left out."""
+    return Path(arg) if arg else newest_model("models")
+
+
 def newest_model(models_dir="models") -> Path:
     """The most recently written model file, the default for the explanation and prediction scripts."""
     candidates = sorted(Path(models_dir).glob("*.pt"), key=lambda p: p.stat().st_mtime) \

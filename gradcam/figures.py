@@ -24,7 +24,7 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from expression.checkpoint import load_model, newest_model
+from expression.checkpoint import add_checkpoint_argument, checkpoint_path, load_model
 from expression.cli import UsageError, non_negative_int, positive_int, resolve_device, use_progress_bars
 from expression.data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
 from expression.io import atomic_path, ensure_writable_dir
@@ -38,9 +38,6 @@ from .overlay import overlay
 DEFAULT_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 DEFAULT_LIMIT = 16  # a grid of a whole test set (7,178 FER2013 faces) is unreadable
 ROWS_PER_FILE = 8   # more rows than this go to further numbered grid files
-# "%(default).0s" formats the default as an empty string: it stops argparse's defaults formatter from
-# appending "(default: None)" where the help already says in words what None means.
-_DEFAULT_IN_WORDS = "%(default).0s"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -67,14 +64,12 @@ def unit_float(text: str) -> float:
 
 def add_common_args(parser, *, grid_name: str, target: bool = True):
     """The flags both explanation scripts take, with the same names, defaults and help."""
-    parser.add_argument("--checkpoint", default=None,
-                        help="model file written by train_resnet34.py (default: the newest models/*.pt)"
-                             + _DEFAULT_IN_WORDS)
+    add_checkpoint_argument(parser)
     parser.add_argument("--images", nargs="+", default=None, metavar="PATH",
                         help="image files, folders or globs; any size, grayscale/RGB/RGBA. A folder of class "
                              "sub-folders (like data/fer2013/test) gives true labels (default: the checkpoint's "
                              "test folder if it exists here, else data/demo/test for a --demo checkpoint, else "
-                             "data/fer2013/test)" + _DEFAULT_IN_WORDS)
+                             "data/fer2013/test)")
     parser.add_argument("--layers", type=name_list, default=",".join(DEFAULT_LAYERS), metavar="L1,L2",
                         help="comma-separated module names to explain; the seed's four ResNet stages by "
                              "default (at 48 px: layer1 12x12 ... layer4 2x2)")
@@ -89,10 +84,10 @@ def add_common_args(parser, *, grid_name: str, target: bool = True):
                         help="images per forward/backward pass (and per Score-CAM masking pass)")
     parser.add_argument("--out", default=None,
                         help=f"output folder for {grid_name}.png (default: runs/explain/<checkpoint name>/)"
-                             + _DEFAULT_IN_WORDS)
+                            )
     parser.add_argument("--save-maps", default=None, metavar="FILE.npz",
                         help="also write the raw maps, float32 (N, H, W) at input resolution, with files, "
-                             "predictions and probabilities (default: not written)" + _DEFAULT_IN_WORDS)
+                             "predictions and probabilities (default: not written)")
     parser.add_argument("--rows-per-file", type=positive_int, default=ROWS_PER_FILE,
                         help="images per grid PNG; more images go to numbered files")
     parser.add_argument("--colormap", default="jet", help="colormap of the heat overlay")
@@ -215,7 +210,7 @@ def prepare(args) -> Session:
     """Load the checkpoint, check the flags against it, pick and decode the images, make --out."""
     check_overlay(args.colormap, args.alpha)
     device = resolve_device(args.device)
-    path = Path(args.checkpoint) if args.checkpoint else newest_model("models")
+    path = checkpoint_path(args.checkpoint)
     model, ckpt = load_model(path, device)
     check_layers(model, args.layers)
     class_names = list(ckpt["class_names"])
