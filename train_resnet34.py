@@ -4,13 +4,19 @@
     python train_resnet34.py                                 # FER2013 in data/fer2013/{train,test}/<class>/
     python train_resnet34.py --data ../fer2013 --weights none --epochs 1
     python train_resnet34.py --resume runs/resnet34_fer2013/checkpoint.pt
+    python train_resnet34.py --recipe strong --val-split 0.1   # SGD + cosine, smoothing, EMA, 96 px, ...
     torchrun --nproc_per_node=2 train_resnet34.py --data ../fer2013   # one process per GPU (DDP)
 
 Writes runs/<name>/ (args.json, metrics.csv, curves.png, confusion_matrix.png/.csv,
 classification_report.txt/.json, checkpoint.pt for --resume) and the model to models/<name>.pt.
+With --val-split the saved model is the epoch with the best validation accuracy; the test split is
+only ever reported, never used to choose. Evaluate with test-time augmentation: evaluate.py.
 """
 from __future__ import annotations
 
+import argparse
+import copy
+import functools
 import sys
 import time
 from pathlib import Path
@@ -18,13 +24,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from expression import checkpoint, distributed, report
-from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_float, positive_int,
-                            resolve_device, run_main, use_progress_bars)
-from expression.data import SEED_MEAN, SEED_STD, InMemoryLoader, Preprocessing, check_splits, decode_split
+from expression import checkpoint, distributed, recipe, report
+from expression.augment import mix_batch
+from expression.cli import (ArgumentParser, UsageError, fraction, non_negative_float, non_negative_int,
+                            positive_float, positive_int, resolve_device, run_main, use_progress_bars)
+from expression.data import (Augmentation, InMemoryLoader, Preprocessing, check_splits, decode_split,
+                             stratified_split)
 from expression.engine import evaluate, train_one_epoch
 from expression.io import ensure_writable_dir, write_json
 from expression.model import build_model, unwrap
+from expression.recipe import preset_help
 
 ARCH = "resnet34"
 DEMO_ROOT = Path("data/demo")
@@ -34,8 +43,6 @@ DEMO_TRAIN_PER_CLASS = 200
 DEMO_TEST_PER_CLASS = 60
 DEMO_EPOCHS = 8
 DEMO_LR = 1e-3
-SEED_EPOCHS = 15
-SEED_LR = 1e-4
 
 
 def get_args_parser() -> ArgumentParser:
@@ -44,7 +51,14 @@ def get_args_parser() -> ArgumentParser:
     data.add_argument("--data", default="data/fer2013", help="folder holding train/<class>/ and test/<class>/")
     data.add_argument("--train-dir", help="training split (overrides DATA/train)")
     data.add_argument("--test-dir", help="test split (overrides DATA/test)")
-    data.add_argument("--img-size", type=positive_int, default=48, help="faces are resized to this square size")
+    data.add_argument("--img-size", type=positive_int,
+                      help=preset_help("img_size", "faces are resized to this square size (48 px FER faces are "
+                                                   "upscaled; layer4 CAMs are 2x2 at 48, 3x3 at 96)"))
+    data.add_argument("--val-split", type=fraction,
+                      help=preset_help("val_split", "hold out this stratified, seeded fraction of train to "
+                                                    "choose the best epoch and drive --schedule plateau"))
+    data.add_argument("--val-dir", help="a validation split folder (e.g. val/ = PublicTest from "
+                                        "data/prepare_fer2013.py) to use instead of --val-split")
     data.add_argument("--workers", type=non_negative_int, default=2,
                       help="threads that decode images once at start-up (0: main thread)")
     data.add_argument("--demo", action="store_true",
@@ -52,17 +66,52 @@ def get_args_parser() -> ArgumentParser:
     data.add_argument("--demo-corner", metavar="CLASS",
                       help="with --demo: that class's evidence becomes a mark in a corner (explanation tests)")
     train = parser.add_argument_group("training (defaults are the seed recipe)")
-    train.add_argument("--epochs", type=positive_int, default=None,
-                       help=f"default {SEED_EPOCHS} (the seed's), {DEMO_EPOCHS} with --demo")
+    train.add_argument("--recipe", choices=tuple(recipe.RECIPES), default="seed",
+                       help="preset for every flag below left unset: seed (the original project) or strong")
+    train.add_argument("--epochs", type=positive_int,
+                       help=preset_help("epochs", f"epochs; {DEMO_EPOCHS} with --demo"))
     train.add_argument("--batch-size", type=positive_int, default=64, help="per process under torchrun")
-    train.add_argument("--lr", type=positive_float, default=None,
-                       help=f"Adam learning rate; default {SEED_LR:g} (the seed's), {DEMO_LR:g} with --demo")
+    train.add_argument("--lr", type=positive_float,
+                       help=preset_help("lr", f"peak learning rate; {DEMO_LR:g} with --demo"))
     train.add_argument("--weights", default=None,
                        help="'imagenet' (torchvision weights API, downloads once), 'none' (random init) or a "
                             "local torchvision resnet34 state dict; default: imagenet, or none with --demo")
-    train.add_argument("--seed", type=int, default=0, help="seeds init, order and augmentation")
+    train.add_argument("--seed", type=int, default=0, help="seeds init, order, validation split and augmentation")
     train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                        help="auto: cuda, then mps, else cpu")
+    opt = parser.add_argument_group("optimisation (default: from --recipe)")
+    opt.add_argument("--optimizer", choices=recipe.OPTIMIZERS, help=preset_help("optimizer", "optimizer"))
+    opt.add_argument("--momentum", type=non_negative_float, help=preset_help("momentum", "SGD momentum"))
+    opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
+                     help=preset_help("nesterov", "Nesterov momentum for SGD"))
+    opt.add_argument("--weight-decay", type=non_negative_float,
+                     help=preset_help("weight_decay", "weight decay (not on biases and BatchNorm)"))
+    opt.add_argument("--schedule", choices=recipe.SCHEDULES,
+                     help=preset_help("schedule", "learning-rate schedule, stepped every batch"))
+    opt.add_argument("--warmup-epochs", type=non_negative_float,
+                     help=preset_help("warmup_epochs", "linear warm-up length"))
+    opt.add_argument("--label-smoothing", type=fraction, help=preset_help("label_smoothing", "label smoothing"))
+    opt.add_argument("--class-balance", choices=recipe.CLASS_BALANCE,
+                     help=preset_help("class_balance", "for the rare classes: inverse-frequency loss weights "
+                                                       "or a class-balanced sampler"))
+    opt.add_argument("--ema", type=fraction,
+                     help=preset_help("ema", "decay of an exponential moving average of the weights, which is "
+                                             "then evaluated and saved (0: off)"))
+    aug = parser.add_argument_group("augmentation (default: from --recipe; flips are always on)")
+    aug.add_argument("--translate", type=fraction, help=preset_help("translate", "shift, fraction of the size"))
+    aug.add_argument("--rotate", type=non_negative_float, help=preset_help("rotate", "rotation jitter, degrees"))
+    aug.add_argument("--scale", type=fraction, help=preset_help("scale", "zoom jitter U(1-s, 1+s)"))
+    aug.add_argument("--erase", type=fraction, help=preset_help("erase", "random-erasing probability"))
+    aug.add_argument("--mixup", type=non_negative_float, help=preset_help("mixup", "mixup Beta alpha (0: off)"))
+    aug.add_argument("--cutmix", type=non_negative_float, help=preset_help("cutmix", "CutMix Beta alpha (0: off)"))
+    aug.add_argument("--norm", choices=tuple(recipe.NORMS),
+                     help=preset_help("norm", "input normalisation: the seed's 0.5/0.5 or ImageNet mean/std"))
+    speed = parser.add_argument_group("speed (default: from --recipe)")
+    speed.add_argument("--amp", choices=recipe.AMP_CHOICES,
+                       help=preset_help("amp", "mixed precision; auto: bf16 on CUDA, off elsewhere"))
+    speed.add_argument("--channels-last", choices=("on", "off", "auto"),
+                       help=preset_help("channels_last", "channels_last memory format; auto: on CUDA only"))
+    speed.add_argument("--compile", action="store_true", help="torch.compile the training model")
     out = parser.add_argument_group("output")
     out.add_argument("--name", help="run name; default resnet34_<data folder name> (resnet34_demo with --demo)")
     out.add_argument("--out", default="runs", help="runs folder: files go to OUT/NAME/")
@@ -86,10 +135,18 @@ def resolve_paths(args) -> None:
         args.data = str(DEMO_ROOT.with_name(DEMO_ROOT.name + suffix.replace("_", "-")))
         args.weights = args.weights or "none"
         args.name = args.name or f"{ARCH}_demo{suffix}"
-        args.epochs = args.epochs or DEMO_EPOCHS
-        args.lr = args.lr or DEMO_LR
-    args.epochs = args.epochs or SEED_EPOCHS
-    args.lr = args.lr or SEED_LR
+        if args.recipe == "seed":
+            args.epochs = args.epochs or DEMO_EPOCHS
+            args.lr = args.lr or DEMO_LR
+    if args.val_dir and args.val_split:
+        raise UsageError("--val-dir and --val-split both choose the validation images: give one")
+    recipe.apply_recipe(args)
+    if args.val_dir:
+        args.val_split = 0.0  # the folder replaces the preset's held-out fraction
+    if args.schedule == "plateau" and not (args.val_split or args.val_dir):
+        raise UsageError("--schedule plateau watches the validation loss: add --val-split (e.g. 0.1) or --val-dir")
+    if args.nesterov and args.optimizer != "sgd":
+        raise UsageError(f"--nesterov applies to --optimizer sgd, not {args.optimizer}")
     args.weights = args.weights or "imagenet"
     args.train_dir = args.train_dir or str(Path(args.data) / "train")
     args.test_dir = args.test_dir or str(Path(args.data) / "test")
@@ -146,20 +203,58 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
                                progress=progress, what="train")
     test_split = decode_split(args.test_dir, class_names, args.img_size, color=train_split.color,
                               workers=args.workers, progress=progress, what="test")
-    preprocessing = Preprocessing(args.img_size, SEED_MEAN, SEED_STD, train_split.color)
+    val_split = None
+    if args.val_dir:
+        check_splits(args.train_dir, args.val_dir)  # the same class folders, none empty
+        val_split = decode_split(args.val_dir, class_names, args.img_size, color=train_split.color,
+                                 workers=args.workers, progress=progress, what="val")
+    elif args.val_split:  # the same seeded split on every rank and every resume
+        keep, held_out = stratified_split(train_split.labels, args.val_split, args.seed)
+        train_split, val_split = train_split.subset(keep), train_split.subset(held_out)
+    mean, std = recipe.NORMS[args.norm]
+    preprocessing = Preprocessing(args.img_size, mean, std, train_split.color)
     resume = load_resume_state(args, class_names, preprocessing) if args.resume else None
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     model = build_model(ARCH, len(class_names), weights=args.weights).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    criterion = nn.CrossEntropyLoss()
+    if recipe.use_channels_last(args.channels_last, device):
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = recipe.resolve_amp(args.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     order_gen = torch.Generator().manual_seed(args.seed)
     # Each rank flips and shifts its own images with its own stream; the order stream is shared.
     augment_gen = torch.Generator().manual_seed(args.seed * 1000 + 1 + dist_info.rank)
-    history, start_epoch = [], 0
+    shard = dict(rank=dist_info.rank, world_size=dist_info.world_size)
+    augmentation = Augmentation(translate=args.translate, rotate=args.rotate, scale=args.scale, erase=args.erase)
+    train_loader = InMemoryLoader(train_split, args.batch_size, preprocessing.mean, preprocessing.std, device,
+                                  shuffle=True, augment=augmentation, order_generator=order_gen,
+                                  augment_generator=augment_gen, pad=True,
+                                  balanced=args.class_balance == "sampler", **shard)
+    test_loader = InMemoryLoader(test_split, args.batch_size, preprocessing.mean, preprocessing.std, device,
+                                 pad=False, **shard)
+    val_loader = val_split and InMemoryLoader(val_split, args.batch_size, preprocessing.mean, preprocessing.std,
+                                              device, pad=False, **shard)
+
+    optimizer = recipe.build_optimizer(args.optimizer, model, args.lr, args.weight_decay, args.momentum,
+                                       bool(args.nesterov))
+    schedule = recipe.LrSchedule(optimizer, args.schedule, len(train_loader), args.epochs, args.warmup_epochs)
+    weights = (recipe.class_weights(train_split.labels, len(class_names)).to(device)
+               if args.class_balance == "weighted-loss" else None)
+    criterion = recipe.build_criterion(args.label_smoothing, weights)
+    mix = None
+    if args.mixup or args.cutmix:
+        mix = functools.partial(mix_batch, num_classes=len(class_names), generator=augment_gen,
+                                mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)
+    ema = recipe.ModelEma(model, args.ema) if args.ema else None
+    eval_model = ema.module if ema else model  # what is validated, tested and saved
+    history, start_epoch, best = [], 0, None
     if resume:
         model.load_state_dict(resume["model"], strict=True)
         optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        if ema:
+            ema.load_state_dict(resume["ema"])
+        best = resume.get("best")
         order_gen.set_state(resume["rng"]["order"])
         augment_states = resume["rng"]["augment"]
         if len(augment_states) == dist_info.world_size:
@@ -176,12 +271,7 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
     if dist_info.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    shard = dict(rank=dist_info.rank, world_size=dist_info.world_size)
-    train_loader = InMemoryLoader(train_split, args.batch_size, preprocessing.mean, preprocessing.std, device,
-                                  shuffle=True, augment=True, order_generator=order_gen,
-                                  augment_generator=augment_gen, pad=True, **shard)
-    test_loader = InMemoryLoader(test_split, args.batch_size, preprocessing.mean, preprocessing.std, device,
-                                 pad=False, **shard)
+    train_model = recipe.maybe_compile(train_model, args.compile)
 
     def save_state(epoch: int) -> None:
         augment_states = [augment_gen.get_state()]
@@ -193,75 +283,92 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
         state = checkpoint.model_record(model, preprocessing, arch=ARCH, class_names=class_names,
                                         args=vars(args), epoch=epoch, fmt=checkpoint.STATE_FORMAT,
                                         metrics=history[-1] if history else {})
-        state.update(optimizer=optimizer.state_dict(), history=history,
+        state.update(optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
+                     ema=ema.state_dict() if ema else None, best=best, history=history,
                      rng={"order": order_gen.get_state(), "augment": augment_states,
                           "torch": torch.get_rng_state()})
         checkpoint.save(state, run_dir / "checkpoint.pt")
 
     if rank0:
         write_json(run_dir / "args.json", vars(args))
-        print(f"{args.name}: {len(train_split.labels)} train / {len(test_split.labels)} test images, "
-              f"{len(class_names)} classes, {args.img_size} px {preprocessing.color}, weights {args.weights}, "
+        sizes = f"{len(train_split.labels)} train / " + (f"{len(val_split.labels)} val / " if val_split else "")
+        print(f"{args.name}: {sizes}{len(test_split.labels)} test images, {len(class_names)} classes, "
+              f"{args.img_size} px {preprocessing.color}, weights {args.weights}, recipe {args.recipe}, "
               f"device {device}" + (f" x {dist_info.world_size} processes" if dist_info.enabled else ""))
     if not resume:
         save_state(0)  # Ctrl-C during the first epoch still leaves something to resume from
 
     final = None
     epoch = start_epoch
+    evaluate_on = functools.partial(evaluate_all, device=device, dist_info=dist_info, progress=progress,
+                                    amp_dtype=amp_dtype)
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             started = time.perf_counter()
             trained = train_one_epoch(train_model, train_loader, criterion, optimizer, device, progress,
-                                      desc=f"epoch {epoch}/{args.epochs}")
+                                      desc=f"epoch {epoch}/{args.epochs}", mix=mix, schedule=schedule, ema=ema,
+                                      amp_dtype=amp_dtype, scaler=scaler)
             train_loss, train_acc = distributed.reduce_epoch(trained.loss, trained.acc, trained.seen,
                                                              dist_info, device)
-            final = evaluate_all(model, test_loader, criterion, device, dist_info, progress)
-            row = dict(epoch=epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6),
-                       test_loss=round(final.loss, 6), test_acc=round(final.acc, 6),
+            row = dict(epoch=epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6))
+            val_line = ""
+            if val_loader:
+                checked = evaluate_on(eval_model, val_loader, desc="val")
+                schedule.epoch_end(checked.loss)
+                row.update(val_loss=round(checked.loss, 6), val_acc=round(checked.acc, 6))
+                val_line = f"val loss {checked.loss:.4f} acc {checked.acc:6.2%}  "
+                if best is None or checked.acc > best["val_acc"]:
+                    best = {"epoch": epoch, "val_acc": checked.acc,
+                            "model": {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}}
+            final = evaluate_on(eval_model, test_loader)  # reported only: nothing is chosen on it
+            row.update(test_loss=round(final.loss, 6), test_acc=round(final.acc, 6), lr=schedule.lr,
                        seconds=round(time.perf_counter() - started, 2))
             history.append(row)
             save_state(epoch)
             if rank0:
                 report.write_metrics_csv(run_dir / "metrics.csv", history)
                 print(f"epoch {epoch:>3}/{args.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2%}  "
-                      f"test loss {final.loss:.4f} acc {final.acc:6.2%}  ({row['seconds']:.1f} s)", flush=True)
+                      f"{val_line}test loss {final.loss:.4f} acc {final.acc:6.2%}  ({row['seconds']:.1f} s)",
+                      flush=True)
     except KeyboardInterrupt:
         if rank0:
             print(f"\ninterrupted during epoch {epoch}: resume with --resume {run_dir / 'checkpoint.pt'} "
                   f"(continues after epoch {epoch - 1})", file=sys.stderr)
         return 130
 
-    if final is None:  # resumed a run that had already finished: report on its weights
-        final = evaluate_all(model, test_loader, criterion, device, dist_info, progress)
+    chosen = history[-1] if history else None
+    if best is not None:  # the epoch the validation split chose, not the last one
+        eval_model = copy.deepcopy(eval_model)
+        eval_model.load_state_dict(best["model"])
+        chosen = next(row for row in history if row["epoch"] == best["epoch"])
+        final = None
+    if final is None:  # the chosen epoch, or a resumed run that had already finished
+        final = evaluate_on(eval_model, test_loader)
     if rank0:
-        write_outputs(args, run_dir, model, preprocessing, class_names, history, final)
+        write_outputs(args, run_dir, eval_model, preprocessing, class_names, history, chosen, final)
     return 0
 
 
-def evaluate_all(model, loader, criterion, device, dist_info, progress):
+def evaluate_all(model, loader, device, dist_info, progress, amp_dtype=None, desc="test"):
     """Evaluate the plain module (DDP's forward would sync buffers; ranks hold unequal shards here)."""
     distributed.sync_buffers(unwrap(model), dist_info)  # every rank scores the model rank 0 saves
     indices = loader.indices()
-    result = evaluate(unwrap(model), loader, criterion, device, progress)
+    result = evaluate(unwrap(model), loader, device, progress, desc=desc, amp_dtype=amp_dtype)
     return distributed.gather_evaluation(result, indices, len(loader.labels), dist_info)
 
 
-def write_outputs(args, run_dir: Path, model, preprocessing, class_names, history, final) -> None:
-    """Reports use the final model's predictions only (the seed pooled every epoch's predictions)."""
-    title = f"{args.name}: test accuracy {final.acc:.2%}"
+def write_outputs(args, run_dir: Path, model, preprocessing, class_names, history, chosen, final) -> None:
+    """Reports use the saved model's predictions only (the seed pooled every epoch's predictions)."""
+    which = f" (epoch {chosen['epoch']}, best on val)" if chosen and "val_acc" in chosen else ""
+    title = f"{args.name}: test accuracy {final.acc:.2%}{which}"
     report.plot_curves(run_dir / "curves.png", history, title=args.name)
-    counts = report.plot_confusion_matrix(run_dir / "confusion_matrix.png", final.targets, final.preds,
-                                          class_names, title)
-    report.write_confusion_csv(run_dir / "confusion_matrix.csv", counts, class_names)
-    report.write_classification_report(run_dir / "classification_report.txt",
-                                       run_dir / "classification_report.json",
-                                       final.targets, final.preds, class_names)
-    metrics = dict(history[-1]) if history else {}
+    report.write_evaluation_reports(run_dir, final, class_names, title)
+    metrics = dict(chosen) if chosen else {}
     metrics.update(test_acc=final.acc, test_loss=final.loss, test_images=int(len(final.targets)))
     record = checkpoint.model_record(model, preprocessing, arch=ARCH, class_names=class_names, args=vars(args),
-                                     epoch=history[-1]["epoch"] if history else 0, metrics=metrics)
+                                     epoch=chosen["epoch"] if chosen else 0, metrics=metrics)
     model_path = checkpoint.save(record, Path(args.models_dir) / f"{args.name}.pt")
-    print(f"test accuracy {final.acc:.2%} on {len(final.targets)} images; model: {model_path}; "
+    print(f"test accuracy {final.acc:.2%}{which} on {len(final.targets)} images; model: {model_path}; "
           f"reports: {run_dir}/")
 
 

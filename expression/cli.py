@@ -88,3 +88,18 @@ def resolve_device(name: str) -> torch.device:
 def use_progress_bars(quiet: bool) -> bool:
     """Bars only for a person watching a terminal: logs and CI get the per-epoch lines alone."""
     return not quiet and sys.stdout.isatty()
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1): probabilities, smoothing, split fractions, EMA decays."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value

@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from .augment import random_erase, random_rotate_scale
 from .cli import UsageError
 
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -31,6 +32,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 SEED_MEAN = (0.5, 0.5, 0.5)  # the seed's Normalize(0.5, 0.5): pixels land in [-1, 1]
 SEED_STD = (0.5, 0.5, 0.5)
 SEED_TRANSLATE = 0.1  # RandomAffine(degrees=0, translate=(0.1, 0.1))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what torchvision's ImageNet weights were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class UnreadableImage(Exception):
@@ -86,9 +89,10 @@ class Preprocessing:
         return normalize(batch, self.mean, self.std)
 
 
-def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 (N, C, H, W) with C in {1, 3} -> float (N, 3, H, W), as ToTensor + Normalize would give."""
-    x = images_uint8.float().div_(255.0)
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, C, H, W) with C in {1, 3}, or floats already in [0, 1] -> float (N, 3, H, W), as
+    ToTensor + Normalize would give."""
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -138,6 +142,29 @@ class DecodedSplit:
     @property
     def color(self) -> str:
         return "gray" if self.images.shape[1] == 1 else "rgb"
+
+    def subset(self, indices: torch.Tensor) -> "DecodedSplit":
+        return DecodedSplit(self.images[indices], self.labels[indices], [self.paths[i] for i in indices.tolist()]
+                            if self.paths else [])
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, held-out indices): round(fraction * n) images of each class, at least one when
+    the class has two or more, chosen with a generator seeded by `seed` (same split on every run and
+    rank). Both index lists are sorted."""
+    if not 0 < fraction < 1:
+        raise UsageError(f"--val-split must be between 0 and 1 (a fraction of train), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    held_out = []
+    for cls in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == cls).flatten()
+        take = round(fraction * len(members))
+        take = min(max(take, 1 if len(members) >= 2 else 0), len(members) - 1)
+        held_out.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    held = torch.cat(held_out).sort().values if held_out else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held] = False
+    return torch.nonzero(keep).flatten(), held
 
 
 def _decode_for_training(path, img_size: int) -> np.ndarray:
@@ -243,6 +270,27 @@ def apply_flip_translate(images: torch.Tensor, flip, dx, dy) -> torch.Tensor:
     return out.contiguous()
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation. The defaults are the seed's flip + translate; the rest are off.
+
+    rotate: degrees (uniform +-), scale: zoom jitter U(1 - scale, 1 + scale), erase: probability of
+    one random-erasing rectangle per image (applied after normalisation, so erased = mean colour)."""
+
+    translate: float = SEED_TRANSLATE
+    rotate: float = 0.0
+    scale: float = 0.0
+    erase: float = 0.0
+
+
+def balanced_indices(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """len(labels) indices drawn with replacement, each class equally likely (probability of an image
+    is 1 / (classes * its class count)): the rare `disgust` faces are seen as often as `happy` ones."""
+    counts = torch.bincount(labels.cpu())
+    weights = 1.0 / counts[labels.cpu()].double()
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+
+
 class InMemoryLoader:
     """Batches of normalised float tensors from a decoded split, optionally shuffled and augmented.
 
@@ -252,25 +300,31 @@ class InMemoryLoader:
     With `world_size > 1` (torchrun) each rank takes every world_size-th index of the shared order.
     Training (`pad=True`) wraps the order around so every rank gets the same number of batches, as
     DistributedSampler does; evaluation (`pad=False`) never pads, so each image is counted exactly once.
+    `augment` is False, True (the seed's flip + translate) or an Augmentation; `balanced` replaces the
+    shuffle by class-balanced sampling with replacement.
     """
 
     def __init__(self, split: DecodedSplit, batch_size: int, mean, std, device="cpu", shuffle=False,
-                 augment=False, order_generator: torch.Generator | None = None,
+                 augment: bool | Augmentation = False, order_generator: torch.Generator | None = None,
                  augment_generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1,
-                 pad: bool = False):
-        if (shuffle and order_generator is None) or (augment and augment_generator is None):
+                 pad: bool = False, balanced: bool = False):
+        if ((shuffle or balanced) and order_generator is None) or (augment and augment_generator is None):
             raise ValueError("shuffle/augment need a torch.Generator for repeatable runs")
         self.images = split.images.to(device)  # the whole uint8 split lives on the device: tiny for FER
         self.labels = split.labels.to(device)
         self.batch_size, self.mean, self.std = batch_size, mean, std
-        self.shuffle, self.augment = shuffle, augment
+        self.shuffle, self.balanced = shuffle, balanced
+        self.augment = Augmentation() if augment is True else (augment or None)
         self.order_generator, self.augment_generator = order_generator, augment_generator
         self.rank, self.world_size, self.pad = rank, world_size, pad
 
     def indices(self) -> torch.Tensor:
         """This rank's sample indices for the next pass (draws the shuffle, so call once per pass)."""
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.order_generator) if self.shuffle else torch.arange(n)
+        if self.balanced:
+            order = balanced_indices(self.labels, self.order_generator)
+        else:
+            order = torch.randperm(n, generator=self.order_generator) if self.shuffle else torch.arange(n)
         if self.world_size > 1:
             if self.pad and n % self.world_size:
                 order = torch.cat([order, order[: self.world_size - n % self.world_size]])
@@ -287,10 +341,16 @@ class InMemoryLoader:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             x = self.images[idx]
-            if self.augment:
-                x = apply_flip_translate(x, *sample_flip_translate(len(idx), x.shape[2], x.shape[3],
-                                                                  self.augment_generator))
-            yield normalize(x, self.mean, self.std), self.labels[idx]
+            aug, gen = self.augment, self.augment_generator
+            if aug is not None:
+                x = apply_flip_translate(x, *sample_flip_translate(len(idx), x.shape[2], x.shape[3], gen,
+                                                                  translate=aug.translate))
+                if aug.rotate or aug.scale:  # on [0, 1] floats so the zero fill is black, as in RandomAffine
+                    x = random_rotate_scale(x.float().div_(255.0), gen, degrees=aug.rotate, scale=aug.scale)
+            x = normalize(x, self.mean, self.std)
+            if aug is not None and aug.erase:
+                x = random_erase(x, gen, p=aug.erase)
+            yield x, self.labels[idx]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,15 +1,21 @@
 """One training epoch and one evaluation pass, as in torchvision's references/classification.
 
 Losses are averaged per sample (sum of per-sample losses / number of samples), so a short last batch
-does not weigh as much as a full one.
+does not weigh as much as a full one. The recipe extras (mixup/cutmix, a per-step learning-rate
+schedule, an EMA of the weights, mixed precision) are optional arguments: with none of them this is
+the seed's plain loop.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
+
+from .tta import tta_probs
 
 
 @dataclass
@@ -28,7 +34,18 @@ class Evaluation:
     probs: np.ndarray    # (N, C) float32 softmax
 
 
-def train_one_epoch(model, loader, criterion, optimizer, device, progress=False, desc="train") -> EpochResult:
+def autocast(device, dtype):
+    """Mixed precision when a dtype is given (bf16/fp16), else a no-op context."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def train_one_epoch(model, loader, criterion, optimizer, device, progress=False, desc="train", *,
+                    mix=None, schedule=None, ema=None, amp_dtype=None, scaler=None) -> EpochResult:
+    """mix(images, labels) -> (images, soft targets); schedule.step() and ema.update(model) run after
+    every optimizer step; scaler is a torch.amp.GradScaler (fp16 only). Accuracy is against the true
+    labels, also when the loss sees mixed targets."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -36,11 +53,24 @@ def train_one_epoch(model, loader, criterion, optimizer, device, progress=False,
     with tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False) as bar:
         for images, labels in bar:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            logits = model(images)
-            loss = criterion(logits, labels)
+            targets = labels
+            if mix is not None:
+                images, targets = mix(images, labels)
+            with autocast(device, amp_dtype):
+                logits = model(images)
+                loss = criterion(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            if ema is not None:
+                ema.update(model)
             # Accumulate on the device: a .item() per step would stall a GPU every batch.
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
@@ -51,14 +81,22 @@ def train_one_epoch(model, loader, criterion, optimizer, device, progress=False,
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, device, progress=False, desc="test") -> Evaluation:
+def evaluate(model, loader, device, progress=False, desc="test", tta="none", amp_dtype=None) -> Evaluation:
+    """Accuracy and plain cross-entropy (whatever loss training used), with optional test-time
+    augmentation (see expression.tta): the loss is then that of the averaged probabilities."""
     model.eval()
     loss_sum, all_targets, all_probs = 0.0, [], []
     for images, labels in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss_sum += criterion(logits, labels).item() * len(labels)
-        all_probs.append(logits.float().softmax(1).cpu())
+        with autocast(device, amp_dtype):
+            if tta == "none":
+                logits = model(images).float()
+                probs = logits.softmax(1)
+                loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            else:
+                probs = tta_probs(model, images, tta)
+                loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
+        all_probs.append(probs.cpu())
         all_targets.append(labels.cpu())
     probs = torch.cat(all_probs).numpy()
     targets = torch.cat(all_targets).numpy()

@@ -18,23 +18,28 @@ from sklearn.metrics import classification_report, confusion_matrix  # noqa: E40
 
 from .io import atomic_path, write_json, write_text  # noqa: E402
 
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+                  "seconds")
 
 
 def write_metrics_csv(path, history: list[dict]) -> None:
+    """One row per epoch; the val columns appear only for runs with a validation split."""
+    columns = [c for c in METRIC_COLUMNS if any(c in row for row in history)]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     write_text(path, buffer.getvalue())
 
 
 def plot_curves(path, history: list[dict], title: str = "") -> None:
-    """Accuracy and loss per epoch, train vs test, side by side."""
+    """Accuracy and loss per epoch, train vs (validation and) test, side by side."""
     epochs = [row["epoch"] for row in history]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in ((ax_acc, "acc", "accuracy"), (ax_loss, "loss", "loss")):
         ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label=f"train {label}")
+        if any(f"val_{key}" in row for row in history):
+            ax.plot(epochs, [row.get(f"val_{key}") for row in history], "^-", label=f"val {label}")
         ax.plot(epochs, [row[f"test_{key}"] for row in history], "s-", label=f"test {label}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
@@ -87,6 +92,17 @@ def write_classification_report(txt_path, json_path, targets, preds, class_names
     report = classification_report(targets, preds, output_dict=True, **kwargs)
     write_json(json_path, report)
     return report
+
+
+def write_evaluation_reports(out_dir, result, class_names, title: str = "") -> dict:
+    """The report set of one evaluation (training's final model, evaluate.py per TTA mode): confusion
+    matrix PNG + CSV and classification report text + JSON, over all the model's classes."""
+    counts = plot_confusion_matrix(f"{out_dir}/confusion_matrix.png", result.targets, result.preds, class_names,
+                                   title)
+    write_confusion_csv(f"{out_dir}/confusion_matrix.csv", counts, class_names)
+    return write_classification_report(f"{out_dir}/classification_report.txt",
+                                       f"{out_dir}/classification_report.json", result.targets, result.preds,
+                                       class_names)
 
 
 def _save_figure(fig, path) -> None:

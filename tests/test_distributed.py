@@ -39,7 +39,7 @@ def test_two_process_gloo_run_matches_single_process_evaluation(tmp_path, image_
     pre = Preprocessing.from_checkpoint(ckpt)
     classes = check_splits(image_folder / "train", image_folder / "test")
     test = decode_split(image_folder / "test", classes, pre.img_size)
-    single = evaluate(model, InMemoryLoader(test, 8, pre.mean, pre.std), torch.nn.CrossEntropyLoss(), "cpu")
+    single = evaluate(model, InMemoryLoader(test, 8, pre.mean, pre.std), "cpu")
 
     run_dir = tmp_path / "runs" / "ddp"
     with open(run_dir / "confusion_matrix.csv") as f:

@@ -46,7 +46,7 @@ def test_one_epoch_writes_every_output(tmp_path, image_folder, capsys):
                  "classification_report.json", "checkpoint.pt"):
         assert (run_dir / name).stat().st_size > 0, name
     assert list(csv.DictReader(open(run_dir / "metrics.csv")))[0].keys() == {
-        "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+        "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
     assert json.loads((run_dir / "args.json").read_text())["lr"] == 1e-4
     report = json.loads((run_dir / "classification_report.json").read_text())
     assert set(report) >= {"angry", "surprise", "accuracy", "macro avg"}
@@ -60,7 +60,7 @@ def test_one_epoch_writes_every_output(tmp_path, image_folder, capsys):
     test = decode_split(image_folder / "test", classes, pre.img_size)
     assert pre.img_size == 32
     loader = InMemoryLoader(test, 8, pre.mean, pre.std)
-    result = evaluate(model, loader, torch.nn.CrossEntropyLoss(), "cpu")
+    result = evaluate(model, loader, "cpu")
     assert result.acc == pytest.approx(ckpt["metrics"]["test_acc"], abs=1e-9)
     assert result.acc == pytest.approx(report["accuracy"], abs=1e-9)
     assert ckpt["epoch"] == 1 and ckpt["args"]["epochs"] == 1 and ckpt["color"] == "gray"

@@ -1,0 +1,241 @@
+"""Training recipes: named presets of flags, and the optimizer, schedule, loss and EMA they select.
+
+The `seed` recipe is the seed project's (Adam 1e-4, constant rate, plain cross-entropy, flip +
+translate) and stays the default. `strong` gathers the usual ingredients of the best FER2013 single
+networks (SGD with Nesterov momentum and weight decay, warm-up + cosine decay, label smoothing,
+rotation/scale jitter, random erasing, an EMA of the weights, a validation split for choosing the
+epoch, 96 px input, ImageNet normalisation). Flags given on the command line win over the preset.
+
+    python train_resnet34.py --recipe strong --weights none --epochs 4 --img-size 48
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .cli import UsageError
+from .data import IMAGENET_MEAN, IMAGENET_STD, SEED_MEAN, SEED_STD, SEED_TRANSLATE
+
+# Every recipe flag, with its value in each preset. None in the parser means "not given": the preset
+# fills it in, so `--recipe strong --lr 0.01` changes only the rate.
+RECIPES = {
+    "seed": dict(img_size=48, epochs=15, lr=1e-4, optimizer="adam", momentum=0.9, nesterov=False,
+                 weight_decay=0.0, schedule="constant", warmup_epochs=0.0, label_smoothing=0.0, mixup=0.0,
+                 cutmix=0.0, translate=SEED_TRANSLATE, rotate=0.0, scale=0.0, erase=0.0, class_balance="none",
+                 ema=0.0, norm="seed", val_split=0.0, amp="none", channels_last="off"),
+    "strong": dict(img_size=96, epochs=60, lr=0.05, optimizer="sgd", momentum=0.9, nesterov=True,
+                   weight_decay=5e-4, schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1, mixup=0.0,
+                   cutmix=0.0, translate=SEED_TRANSLATE, rotate=10.0, scale=0.1, erase=0.25,
+                   class_balance="none", ema=0.999, norm="imagenet", val_split=0.1, amp="auto",
+                   channels_last="auto"),
+}
+NORMS = {"seed": (SEED_MEAN, SEED_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
+CLASS_BALANCE = ("none", "weighted-loss", "sampler")
+AMP_CHOICES = ("none", "bf16", "fp16", "auto")
+
+
+def preset_help(key: str, text: str) -> str:
+    """Help that names the value under each preset (the parser default is None = "from the recipe")."""
+    values = ", ".join(f"{name}: {_show(preset[key])}" for name, preset in RECIPES.items())
+    return f"{text} (default from --recipe; {values})"
+
+
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def apply_recipe(args) -> None:
+    """Fill every recipe flag the user left out from the chosen preset."""
+    preset = RECIPES[args.recipe]
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def resolve_amp(amp: str, device: torch.device):
+    """--amp -> autocast dtype or None. auto: bf16 on CUDA GPUs that have it, otherwise full precision
+    (CPU bf16 autocast is slower than float32 on most CPUs)."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if amp == "fp16" and device.type != "cuda":
+        raise UsageError("--amp fp16 needs --device cuda (fp16 training on CPU/MPS is unsupported here): "
+                         "use --amp bf16 or none")
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def use_channels_last(choice: str, device: torch.device) -> bool:
+    """channels_last helps tensor cores; on CPU at 48 px it buys nothing, so auto means CUDA only."""
+    return choice == "on" or (choice == "auto" and device.type == "cuda")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimizer, schedule, loss
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                    nesterov: bool = False) -> torch.optim.Optimizer:
+    """Weight decay skips biases and BatchNorm parameters (decaying a BN scale only fights the
+    normalisation), the usual practice since Goyal et al. 2017. Without decay: one group, the seed's."""
+    if weight_decay > 0:
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+        params = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)  # with weight_decay groups: L2 added to the gradient
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)  # group values override this
+    if name == "sgd":
+        if nesterov and momentum <= 0:
+            raise UsageError("--nesterov needs --momentum > 0")
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov)
+    raise UsageError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+class LrSchedule:
+    """Per-step learning-rate factor on top of each group's base rate, with linear warm-up.
+
+    constant  1 after warm-up (the seed: no warm-up, so exactly the base rate)
+    cosine    half-cosine from 1 to 0 over the steps after warm-up (Loshchilov & Hutter 2017)
+    onecycle  cosine rise from 1/25 to 1 over the warm-up (30 % of training if none is given), then
+              cosine decay to 1/25e4 (Smith & Topin 2018; torch's OneCycleLR without momentum cycling)
+    plateau   1 after warm-up, times `plateau_factor` whenever the watched validation loss has not
+              improved for `plateau_patience` epochs (needs a validation split)
+    """
+
+    def __init__(self, optimizer, kind: str, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0.0,
+                 plateau_factor: float = 0.1, plateau_patience: int = 2):
+        if kind not in SCHEDULES:
+            raise UsageError(f"unknown schedule {kind!r}: choose one of {', '.join(SCHEDULES)}")
+        self.optimizer, self.kind = optimizer, kind
+        self.total = max(1, steps_per_epoch * epochs)
+        warmup = round(warmup_epochs * steps_per_epoch)
+        if kind == "onecycle" and warmup == 0:
+            warmup = round(0.3 * self.total)
+        self.warmup = min(warmup, self.total - 1)
+        self.base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        self.plateau_factor, self.plateau_patience = plateau_factor, plateau_patience
+        self.steps, self.scale, self.best, self.bad_epochs = 0, 1.0, math.inf, 0
+        self._apply()
+
+    def factor(self, step: int) -> float:
+        """Multiplier of the base rate for optimizer step number `step` (0-based)."""
+        if self.kind == "onecycle":
+            if step < self.warmup:
+                return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * step / self.warmup))
+            progress = (step - self.warmup) / max(1, self.total - self.warmup)
+            floor = 1 / 25e4
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        if self.kind == "cosine":
+            progress = (step - self.warmup) / max(1, self.total - self.warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return self.scale  # constant (scale stays 1) and plateau
+
+    def _apply(self) -> None:
+        factor = self.factor(self.steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def step(self) -> None:
+        """After each optimizer step: set the rate for the next one."""
+        self.steps += 1
+        self._apply()
+
+    def epoch_end(self, val_loss: float | None) -> None:
+        """Plateau bookkeeping; other schedules ignore it."""
+        if self.kind != "plateau" or val_loss is None or self.steps < self.warmup:
+            return
+        if val_loss < self.best - 1e-4:
+            self.best, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.plateau_patience:
+                self.scale *= self.plateau_factor
+                self.bad_epochs = 0
+        self._apply()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.scale = int(state["steps"]), float(state["scale"])
+        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+        self._apply()
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, scaled so the average weight over the training samples is 1: the loss
+    keeps its scale while each class contributes equally in total. A class with no samples gets 0."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    present = int((counts > 0).sum())
+    weights = torch.where(counts > 0, len(labels) / (present * counts.clamp_min(1)), torch.zeros_like(counts))
+    return weights.float()
+
+
+def build_criterion(label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> nn.Module:
+    """Cross-entropy; accepts hard labels or the soft targets mixup/cutmix produce."""
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exponential moving average of the weights
+
+
+class ModelEma:
+    """A copy of the model whose parameters and BatchNorm statistics follow the trained ones as
+    ema = d * ema + (1 - d) * current after every step (Polyak averaging; timm's ModelEmaV2 also
+    averages buffers). The decay ramps up as min(decay, (1 + t) / (10 + t)) so that a short run's
+    average is not dominated by the random initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        from .model import unwrap
+
+        d = self.current_decay()
+        current = unwrap(model).state_dict()
+        for name, ema_value in self.module.state_dict().items():
+            value = current[name].detach()
+            if ema_value.is_floating_point():
+                ema_value.mul_(d).add_(value.to(ema_value.dtype), alpha=1 - d)
+            else:  # num_batches_tracked
+                ema_value.copy_(value)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"model": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+                "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"], strict=True)
+        self.updates = int(state["updates"])
+
+
+def maybe_compile(model: nn.Module, enabled: bool, backend: str = "inductor") -> nn.Module:
+    """torch.compile for the training forward/backward; checkpoints still save the plain module
+    (expression.model.unwrap strips `_orig_mod`)."""
+    if not enabled:
+        return model
+    if not hasattr(torch, "compile"):
+        raise UsageError("--compile needs PyTorch 2.0 or newer")
+    return torch.compile(model, backend=backend)
