@@ -251,9 +251,12 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
     if resume:
         model.load_state_dict(resume["model"], strict=True)
         optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        if ema:
+        if resume.get("schedule"):  # states written before schedules existed ran at a constant rate
+            schedule.load_state_dict(resume["schedule"])
+        if ema and resume.get("ema"):
             ema.load_state_dict(resume["ema"])
+        elif ema:  # EMA switched on at resume time: start the average from the resumed weights
+            ema.module.load_state_dict(model.state_dict())
         best = resume.get("best")
         order_gen.set_state(resume["rng"]["order"])
         augment_states = resume["rng"]["augment"]

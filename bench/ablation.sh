@@ -31,4 +31,6 @@ run() {  # run NAME FLAGS...: train, then evaluate with every TTA mode
 
 run seed                                             # the seed recipe (Adam 1e-4, constant)
 run onecycle --schedule onecycle --lr 1e-3           # the seed's Adam with a one-cycle schedule
+run sgdcosine --optimizer sgd --nesterov --lr 0.05 --weight-decay 5e-4 --schedule cosine --warmup-epochs 1
+                                                     # the strong recipe's optimisation, no regularisers
 run strong48 --recipe strong --img-size 48           # the strong recipe at the seed's input size
