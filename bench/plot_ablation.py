@@ -15,6 +15,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from expression.cli import ArgumentParser, UsageError, run_main  # noqa: E402
 from expression.io import atomic_path  # noqa: E402
@@ -44,6 +45,7 @@ def main(args) -> int:
             raise UsageError(f"{spec!r} is not LABEL=METRICS_CSV")
         epochs, acc = read_curve(path)
         ax.plot(epochs, acc, "o-", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(args.title, fontsize=10)
