@@ -18,6 +18,7 @@ from torch import nn
 
 from .cli import UsageError
 from .data import IMAGENET_MEAN, IMAGENET_STD, SEED_MEAN, SEED_STD, SEED_TRANSLATE
+from .model import unwrap
 
 # Every recipe flag, with its value in each preset. None in the parser means "not given": the preset
 # fills it in, so `--recipe strong --lr 0.01` changes only the rate.
@@ -210,8 +211,6 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        from .model import unwrap
-
         d = self.current_decay()
         current = unwrap(model).state_dict()
         for name, ema_value in self.module.state_dict().items():
