@@ -340,7 +340,7 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
         return 130
 
     chosen = history[-1] if history else None
-    if best is not None:  # the epoch the validation split chose, not the last one
+    if best is not None and best["epoch"] != epoch:  # validation chose an earlier epoch than the last one
         eval_model = copy.deepcopy(eval_model)
         eval_model.load_state_dict(best["model"])
         chosen = next(row for row in history if row["epoch"] == best["epoch"])

@@ -11,7 +11,8 @@ from torch import nn
 
 import train_resnet34
 from expression import recipe
-from expression.cli import UsageError, run_main
+from test_train import run
+from expression.cli import UsageError
 from expression.data import Augmentation, DecodedSplit, InMemoryLoader, balanced_indices, stratified_split
 from expression.engine import train_one_epoch
 
@@ -273,13 +274,12 @@ def test_compile_wraps_and_unwrap_gives_the_plain_module():
 
 
 def train(tmp_path, image_folder, *extra, name="strong"):
-    argv = ["--data", str(image_folder), "--weights", "none", "--batch-size", "8", "--img-size", "32",
-            "--recipe", "strong", "--epochs", "2", "--lr", "0.01", "--mixup", "0.2",
-            "--cutmix", "1.0", "--class-balance", "weighted-loss", "--out", str(tmp_path / "runs"),
-            "--models-dir", str(tmp_path / "models"), "--name", name, "--workers", "0", "--quiet", *extra]
+    """test_train's in-process run with the strong recipe and most of its options (later flags win)."""
+    argv = ["--batch-size", "8", "--recipe", "strong", "--epochs", "2", "--lr", "0.01", "--mixup", "0.2",
+            "--cutmix", "1.0", "--class-balance", "weighted-loss", *extra]
     if "--val-dir" not in extra:
         argv += ["--val-split", "0.3"]
-    return run_main(train_resnet34.main, train_resnet34.get_args_parser().parse_args(argv))
+    return run(tmp_path, image_folder, *argv, name=name)
 
 
 def test_strong_recipe_selects_on_val_and_resumes_exactly(tmp_path, image_folder, capsys, monkeypatch):
