@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from expression.cli import ArgumentParser, positive_float, run_main
+from expression.cli import ArgumentParser, number_in, run_main
 from gradcam import attention_maps
 from gradcam.figures import Batch, add_common_args, draw_grids, prepare, print_paths, run_batches, \
     save_maps, summary
@@ -25,8 +25,9 @@ GRID = "attention_grid"
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--p", type=positive_float, default=2.0,
-                        help="exponent of |A|^p; larger p stresses the most active positions")
+    # |A|^p of activations in the tens overflows float32 near p = 20; the paper uses p = 2.
+    parser.add_argument("--p", type=number_in(0.5, 8.0), default=2.0,
+                        help="exponent of |A|^p, from 0.5 to 8; larger p stresses the most active positions")
     return add_common_args(parser, grid_name=GRID, target=False)
 
 

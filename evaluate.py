@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from expression import report
-from expression.checkpoint import add_checkpoint_argument, checkpoint_path, load_model
+from expression.checkpoint import add_checkpoint_argument, open_model
 from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_int, resolve_device, run_main,
                             use_progress_bars)
 from expression.data import InMemoryLoader, Preprocessing, class_folders, decode_split, is_image_file
@@ -67,8 +67,7 @@ def split_labels(split_dir: Path, class_names: list[str], checkpoint: Path) -> l
 def main(args) -> int:
     modes = list(dict.fromkeys(m for mode in args.tta for m in (TTA_MODES if mode == "all" else (mode,))))
     device = resolve_device(args.device)
-    ckpt_path = checkpoint_path(args.checkpoint)
-    model, ckpt = load_model(ckpt_path, device)
+    model, ckpt, ckpt_path = open_model(args.checkpoint, device)
     prep = Preprocessing.from_checkpoint(ckpt)
     class_names = list(ckpt["class_names"])
     split_dir = Path(args.split)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from expression.checkpoint import add_checkpoint_argument, checkpoint_path, load_model
+from expression.checkpoint import add_checkpoint_argument, open_model
 from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_float, positive_int,
                             resolve_device, run_main, use_progress_bars)
 from expression.data import Preprocessing
@@ -464,8 +464,7 @@ def main(args) -> int:
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     device = resolve_device(args.device)
-    checkpoint = checkpoint_path(args.checkpoint)
-    model, ckpt = load_model(checkpoint, device)
+    model, ckpt, checkpoint = open_model(args.checkpoint, device)
     check_layers(model, args.layers)
     prep = Preprocessing.from_checkpoint(ckpt)
     if args.steps > prep.img_size ** 2:

@@ -239,6 +239,8 @@ def main(args) -> int:
             raise UsageError("--check needs onnxruntime: pip install -r requirements-export.txt") from None
     checkpoint = newest_model(args.models_dir) if args.checkpoint == "newest" else Path(args.checkpoint)
     out = checkpoint.with_suffix(".onnx") if args.out == "beside" else Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: give a file name such as {out / (checkpoint.stem + '.onnx')}")
     if out.resolve() == checkpoint.resolve():
         raise UsageError(f"--out {out} would overwrite the checkpoint: give it a .onnx name")
     model, ckpt = load_model(checkpoint, "cpu")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 REQUIRED_METADATA = ("class_names", "img_size", "mean", "std", "color")
@@ -123,12 +123,67 @@ def load_session(path, threads: int = 0):
 # Preprocessing: must equal expression.data.Preprocessing (tests/test_export.py checks it)
 
 
+# A copy of expression/images.py (this file imports nothing from the project); tests/test_export.py
+# checks the two agree on every image mode.
+HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def standard_image(img: Image.Image, alpha: str = "drop") -> Image.Image:
+    """-> an 8-bit PIL image in mode "L" (gray sources) or "RGB" (everything else).
+
+    alpha="drop" ignores transparency as torchvision's ImageFolder (PIL's convert) does, so model
+    inputs match what a seed-style model was trained on; "white" composites on white, as a viewer
+    shows the picture (face detection, annotated copies)."""
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the picture unreadable
+        pass
+    if img.mode in HIGH_DEPTH_MODES:
+        return Image.fromarray(scale_to_uint8(np.asarray(img), img.mode), "L")
+    if img.mode in ("1", "L"):
+        return img.convert("L")
+    transparent = img.mode in ("LA", "La", "RGBA", "RGBa", "PA") or (img.mode == "P" and "transparency" in img.info)
+    if transparent and alpha == "drop":
+        return img.convert("L" if img.mode in ("LA", "La") else "RGB")
+    if transparent:
+        gray = img.mode in ("LA", "La")
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat = Image.alpha_composite(white, rgba).convert("RGB")
+        return flat.convert("L") if gray else flat
+    if img.mode == "P":
+        return img.convert("RGB")
+    return img.convert("RGB")  # RGB, CMYK, YCbCr, LAB, HSV
+
+
+def scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit files span 0..65535; 32-bit integer and float files are scaled by their own range (their
+    nominal range is unknown: scientific images use a fraction of it, floats may be 0..1 or 0..255)."""
+    values = values.astype(np.float64)
+    if mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    else:
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if mode == "I" and low >= 0 and high <= 255:  # an 8-bit image stored as 32-bit ints
+            low, high = 0.0, 255.0
+        elif mode == "I" and low >= 0 and high <= 65535:  # 16-bit PNGs open as "I" in recent Pillow
+            low, high = 0.0, 65535.0
+        elif mode == "F" and low >= 0 and high <= 1:
+            low, high = 0.0, 1.0
+    values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    scaled = (values - low) / max(high - low, 1e-12) * 255.0
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
 def pixels(img, meta: dict) -> np.ndarray:
     """uint8 (S, S) for gray models or (S, S, 3) for rgb ones, resized with PIL's bilinear filter."""
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
     size = meta["img_size"]
-    img = img.convert("L" if meta["color"] == "gray" else "RGB")
+    img = standard_image(img).convert("L" if meta["color"] == "gray" else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
@@ -184,7 +239,7 @@ def load_pixels(path, meta: dict) -> np.ndarray:
             img.load()
             return pixels(img, meta)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-        raise UsageError(f"cannot read image {path} ({err}): pass image files only") from None
+        raise UsageError(f"cannot read image {path} ({str(err)[:120]})") from None
 
 
 def predict(session, meta: dict, batch_uint8: np.ndarray) -> np.ndarray:
@@ -200,8 +255,18 @@ def main(args) -> int:
         raise UsageError(f"no images found in {' '.join(args.images)}: pass image files, folders or globs")
     model = newest_onnx(args.models_dir) if args.model == "newest" else Path(args.model)
     session, meta = load_session(model, args.threads)
-    # decode (and shrink to SxS) everything first, so an unreadable file stops the run before any output
-    arrays = [load_pixels(p, meta) for p in paths]
+    # Decode (and shrink to SxS) everything first; an unreadable file is skipped, as in the other scripts.
+    arrays, unreadable = [], []
+    for path in paths:
+        try:
+            arrays.append(load_pixels(path, meta))
+        except UsageError as err:
+            unreadable.append((path, str(err)))
+    if not arrays:
+        raise UsageError(f"none of the {len(paths)} image(s) could be read ({unreadable[0][1]})")
+    for path, why in unreadable:
+        print(f"warning: skipped {why}", file=sys.stderr)
+    paths = [p for p in paths if p not in dict(unreadable)]
     classes = meta["class_names"]
     for start in range(0, len(paths), args.batch_size):
         probs = predict(session, meta, np.stack(arrays[start:start + args.batch_size]))
@@ -221,6 +286,9 @@ def run_main(args) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -41,14 +41,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from expression.checkpoint import add_checkpoint_argument, checkpoint_path, load_model
-from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_int, resolve_device,
-                            run_main, use_progress_bars)
+from expression.checkpoint import add_checkpoint_argument, open_model
+from expression.cli import (ArgumentParser, UsageError, non_negative_int, number_in, positive_int,
+                            resolve_device, run_main, use_progress_bars)
 from expression.data import Preprocessing, UnreadableImage, find_images, is_image_file, load_pil
 from expression.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
                               DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector, crop_faces, image_to_rgb)
 from expression.io import atomic_path, ensure_writable_dir, write_json
 
+MAX_MARGIN = 2.0  # a margin of 2 face widths on every side already makes a crop 5x the face
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 CAMS = ("none", "gradcam", "gradcampp")
 # At 48 px input ResNet34's layer3 is 3x3 and layer4 2x2: layer3 is the deepest stage that still
@@ -60,16 +61,6 @@ PENDING_PIXELS = 64_000_000  # images held for annotation before a batch is forc
 # one colour per class index (RGB), distinct on faces and on gray
 PALETTE = ((230, 60, 60), (120, 170, 40), (150, 90, 200), (250, 200, 30), (170, 170, 170),
            (60, 120, 230), (250, 130, 30), (40, 190, 190), (230, 90, 170), (120, 90, 60))
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also rejects nan
-        raise ValueError(text)
-    return value
-
-
-non_negative_float.__name__ = "non-negative number"
 
 
 def get_args_parser() -> ArgumentParser:
@@ -90,7 +81,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--detect-max-side", type=non_negative_int, default=DEFAULT_DETECT_MAX_SIDE,
                         help="larger images are downscaled to this longer side for detection, boxes are "
                              "mapped back (0 = scan at full size: slower, finds smaller faces)")
-    parser.add_argument("--margin", type=non_negative_float, default=DEFAULT_MARGIN,
+    parser.add_argument("--margin", type=number_in(0.0, MAX_MARGIN), default=DEFAULT_MARGIN,
                         help="context added on each side of a face box before classification, as a fraction "
                              "of the box (FER2013 crops show brow to chin)")
     parser.add_argument("--cam", default="none", choices=CAMS,
@@ -601,8 +592,7 @@ def main(args) -> int:
 
     progress, start = use_progress_bars(args.quiet), time.perf_counter()
     device = resolve_device(args.device)
-    checkpoint = checkpoint_path(args.checkpoint)
-    model, ckpt = load_model(checkpoint, device)
+    model, ckpt, checkpoint = open_model(args.checkpoint, device, real_photos=True)
     detector = FaceDetector(args.detector, args.min_face, args.detect_max_side, args.min_neighbors)
     classifier = Classifier(model, ckpt, device, args.cam, args.cam_layer, args.batch_size)
     ensure_writable_dir(out_dir, "--out")

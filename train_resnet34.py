@@ -30,7 +30,7 @@ from expression.cli import (ArgumentParser, UsageError, fraction, non_negative_f
                             positive_float, positive_int, resolve_device, run_main, use_progress_bars)
 from expression.data import (Augmentation, InMemoryLoader, Preprocessing, check_splits, decode_split,
                              stratified_split)
-from expression.engine import evaluate, train_one_epoch
+from expression.engine import NonFiniteLoss, evaluate, train_one_epoch
 from expression.io import ensure_writable_dir, write_json
 from expression.model import build_model, unwrap
 from expression.recipe import preset_help
@@ -170,6 +170,10 @@ def load_resume_state(args, class_names, preprocessing) -> dict:
         raise UsageError(f"--resume {args.resume} is from a different model ({theirs[0]}, classes {theirs[1]}, "
                          f"{theirs[2]} px {theirs[3]}) than this run ({mine[0]}, classes {mine[1]}, {mine[2]} px "
                          f"{mine[3]}): resume with the same data and --img-size, or start a new --name")
+    saved_optimizer = dict(state.get("args") or {}).get("optimizer", args.optimizer)
+    if saved_optimizer != args.optimizer:  # its saved moments cannot seed another optimizer
+        raise UsageError(f"--resume {args.resume} was trained with --optimizer {saved_optimizer}, not "
+                         f"{args.optimizer}: resume with --optimizer {saved_optimizer}, or start a new --name")
     return state
 
 
@@ -205,7 +209,7 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
                               workers=args.workers, progress=progress, what="test")
     val_split = None
     if args.val_dir:
-        check_splits(args.train_dir, args.val_dir)  # the same class folders, none empty
+        check_splits(args.train_dir, args.val_dir, other="validation (--val-dir)")  # same classes, none empty
         val_split = decode_split(args.val_dir, class_names, args.img_size, color=train_split.color,
                                  workers=args.workers, progress=progress, what="val")
     elif args.val_split:  # the same seeded split on every rank and every resume
@@ -308,9 +312,14 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             started = time.perf_counter()
-            trained = train_one_epoch(train_model, train_loader, criterion, optimizer, device, progress,
-                                      desc=f"epoch {epoch}/{args.epochs}", mix=mix, schedule=schedule, ema=ema,
-                                      amp_dtype=amp_dtype, scaler=scaler)
+            try:
+                trained = train_one_epoch(train_model, train_loader, criterion, optimizer, device, progress,
+                                          desc=f"epoch {epoch}/{args.epochs}", mix=mix, schedule=schedule,
+                                          ema=ema, amp_dtype=amp_dtype, scaler=scaler)
+            except NonFiniteLoss as err:  # nothing of this epoch is saved: the last good state stays
+                kept = f"; {run_dir / 'checkpoint.pt'} still holds epoch {epoch - 1}" if epoch > 1 else ""
+                raise UsageError(f"training diverged in epoch {epoch}: {err} (--lr {args.lr:g}): try a lower "
+                                 f"--lr or --schedule onecycle; no model was written{kept}") from None
             train_loss, train_acc = distributed.reduce_epoch(trained.loss, trained.acc, trained.seen,
                                                              dist_info, device)
             row = dict(epoch=epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6))

@@ -18,14 +18,11 @@ Examples:
     python bench/cam_throughput.py --device cpu --threads 2 --skip-seed-loop
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, repo not installed
 
 from gradcam import explain  # noqa: E402
 from gradcam.base import to_input_size  # noqa: E402

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the core is not installed
 
 import export  # noqa: E402
 from expression.checkpoint import load_model, model_record  # noqa: E402

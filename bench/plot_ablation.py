@@ -9,7 +9,6 @@ import csv
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: import the repo's core
 
 import matplotlib  # noqa: E402
 

@@ -34,7 +34,6 @@ import skimage.data
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the core is not installed
 
 import predict_FER  # noqa: E402
 from expression.checkpoint import load_model, model_record, save  # noqa: E402

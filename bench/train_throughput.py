@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from expression.cli import ArgumentParser, positive_int, resolve_device, run_main  # noqa: E402
 from expression.data import SEED_MEAN, SEED_STD, InMemoryLoader, check_splits, decode_split  # noqa: E402
 from expression.model import build_model  # noqa: E402

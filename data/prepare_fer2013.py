@@ -39,16 +39,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# This script lives in data/ but shares the `expression` package at the repo root, which is not
-# installed: put the root first on sys.path so `python data/prepare_fer2013.py` works from anywhere.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
-from expression.cli import ArgumentParser, UsageError, run_main, use_progress_bars  # noqa: E402
-from expression.io import ensure_writable_dir, write_json  # noqa: E402
+from expression.cli import ArgumentParser, UsageError, run_main, use_progress_bars
+from expression.io import ensure_writable_dir, write_json
 
 IMG_SIZE = 48
 N_PIXELS = IMG_SIZE * IMG_SIZE

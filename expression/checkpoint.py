@@ -10,6 +10,7 @@ Two kinds of file, both written atomically and read with `torch.load(weights_onl
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -59,13 +60,16 @@ def load_record(path, expect: str = MODEL_FORMAT) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}: {TRAIN_HINT}")
+    if path.stat().st_size == 0:
+        raise UsageError(f"checkpoint {path} is empty (0 bytes; an interrupted copy?): {TRAIN_HINT}")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):  # garbage bytes also surface as UnpicklingError
+        if "unsupported global" not in str(err).lower():  # garbage bytes also surface as UnpicklingError
             raise UsageError(f"cannot read checkpoint {path} (not a PyTorch file): {TRAIN_HINT}") from None
         raise UsageError(f"{path} pickles Python objects (e.g. a whole model saved with torch.save(model)), "
-                         f"which is unsafe to load: re-save it as a state-dict checkpoint or retrain") from None
+                         f"which is unsafe to load: convert the seed's model_res34.pth with `python import_seed_model.py "
+                         f"{path}`, or retrain") from None
     except Exception as err:  # truncated, foreign or corrupt: torch raises many types
         raise UsageError(f"cannot read checkpoint {path} ({str(err).splitlines()[0][:100]}): "
                          f"the file is truncated or not a PyTorch file; {TRAIN_HINT}") from None
@@ -82,8 +86,10 @@ def load_record(path, expect: str = MODEL_FORMAT) -> dict:
 def model_from_record(record: dict, path="checkpoint", device="cpu"):
     """Rebuild the network with strict key matching; eval mode, on `device`."""
     model = build_model(record["arch"], len(record["class_names"]), weights="none")
+    # The shipped model stores float16 weights (half the size in git); compute stays float32.
+    state = {k: v.float() if v.is_floating_point() else v for k, v in record["model"].items()}
     try:
-        model.load_state_dict(record["model"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise UsageError(f"{path}: weights do not fit a {record['arch']} with {len(record['class_names'])} classes "
                          f"({str(err).splitlines()[0][:100]}): the file is damaged or from another model") from None
@@ -96,21 +102,86 @@ def load_model(path, device="cpu"):
     return model_from_record(record, path, device), record
 
 
+# The FER2013 model the project ships (float16 weights, tracked in git). Training writes
+# models/<name>.pt and never this sub-folder, so a user's run cannot overwrite it.
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "shipped" / "resnet34_fer2013_cpu.pt"
+
+
 def add_checkpoint_argument(parser) -> None:
-    """--checkpoint as every script that reads a trained model takes it (resolve with `checkpoint_path`)."""
+    """--checkpoint as every script that reads a trained model takes it (resolve with `choose_model`)."""
     parser.add_argument("--checkpoint", default=None,
-                        help="model file written by train_resnet34.py (default: the newest models/*.pt)")
+                        help="model file (default: the newest models/*.pt, else the shipped FER2013 model "
+                             "models/shipped/; on your own photos, models trained on the drawn demo faces "
+                             "are passed over unless named here)")
 
 
 def checkpoint_path(arg) -> Path:
-    """The --checkpoint value, or the newest model when it was left out."""
-    return Path(arg) if arg else newest_model("models")
+    """The --checkpoint value, or the default model for the checkpoint's own test data."""
+    return choose_model(arg)[0]
+
+
+def choose_model(arg=None, models_dir="models", *, real_photos: bool = False) -> tuple[Path, str]:
+    """-> (model file, why it was chosen). Without `arg`: the newest `models_dir/*.pt`, then the shipped
+    FER2013 model. With `real_photos` (the user's own pictures), models trained on the drawn demo
+    faces are passed over: their predictions on real faces are meaningless, and nobody should get
+    them without asking for that file by name."""
+    if arg:
+        return Path(arg), "--checkpoint"
+    passed_over = []
+    for path in reversed(_models_by_age(models_dir)):
+        if real_photos and trained_on_demo_faces(path):
+            passed_over.append(path.name)
+            continue
+        return path, f"the newest model in {models_dir}/"
+    skipped = f"; passed over {', '.join(passed_over)} (drawn demo faces)" if passed_over else ""
+    if SHIPPED_MODEL.is_file():
+        return SHIPPED_MODEL, f"the shipped FER2013 model{skipped}"
+    if passed_over:
+        raise UsageError(f"only demo-face models in {models_dir}/ ({', '.join(passed_over)}), which cannot read "
+                         f"real faces: train on FER2013, or pass --checkpoint {models_dir}/{passed_over[0]} "
+                         f"to use it anyway")
+    raise UsageError(f"no model in {models_dir}/ and no shipped model at {SHIPPED_MODEL}: {TRAIN_HINT}")
+
+
+def open_model(arg, device="cpu", *, real_photos: bool = False):
+    """What every script does with its --checkpoint: choose (see `choose_model`), load, and say on
+    stderr which model it took and why. -> (model, checkpoint dict, path)."""
+    path, reason = choose_model(arg, real_photos=real_photos)
+    model, ckpt = load_model(path, device)
+    print(describe_model(path, ckpt, reason), file=sys.stderr, flush=True)
+    return model, ckpt, path
+
+
+def trained_on_demo_faces(path) -> bool:
+    """Whether a model file was trained by `train_resnet34.py --demo` (unreadable files: no, and the
+    load that follows reports them)."""
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(record, dict) and bool(dict(record.get("args") or {}).get("demo"))
+
+
+def describe_model(path, ckpt: dict, reason: str) -> str:
+    """One line naming the model a script took and why, e.g. for stderr."""
+    metrics = ckpt.get("metrics") or {}
+    accuracy = metrics.get("test_acc")
+    trained = "drawn demo faces" if (ckpt.get("args") or {}).get("demo") else \
+        Path(str((ckpt.get("args") or {}).get("train_dir", "?"))).parent.name or "?"
+    acc = f", test accuracy {100 * float(accuracy):.1f} %" if isinstance(accuracy, (int, float)) else ""
+    return (f"model: {path} ({reason}; {ckpt['arch']}, {len(ckpt['class_names'])} classes, "
+            f"{ckpt['img_size']} px {ckpt['color']}, trained on {trained}{acc})")
+
+
+def _models_by_age(models_dir) -> list[Path]:
+    """Model files in `models_dir`, oldest first."""
+    folder = Path(models_dir)
+    return sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
 
 
 def newest_model(models_dir="models") -> Path:
-    """The most recently written model file, the default for the explanation and prediction scripts."""
-    candidates = sorted(Path(models_dir).glob("*.pt"), key=lambda p: p.stat().st_mtime) \
-        if Path(models_dir).is_dir() else []
+    """The most recently written model file in `models_dir`."""
+    candidates = _models_by_age(models_dir)
     if not candidates:
         raise UsageError(f"no model in {models_dir}/: {TRAIN_HINT}")
     return candidates[-1]

@@ -6,6 +6,7 @@ exit code 2 instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -56,9 +57,9 @@ def non_negative_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    value = _number(text)
+    if not 0 < value < math.inf:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
 
 
@@ -69,6 +70,9 @@ def run_main(main, args) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are written atomically, so nothing is left half-written
+        print("\ninterrupted (Ctrl-C): files already finished are kept, none is half-written", file=sys.stderr)
+        return 130
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,14 +96,44 @@ def use_progress_bars(quiet: bool) -> bool:
 
 def fraction(text: str) -> float:
     """A number in [0, 1): probabilities, smoothing, split fractions, EMA decays."""
-    value = float(text)
+    value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    value = _number(text)
+    if not 0 <= value < math.inf:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
     return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1], both ends included: overlay opacity, thresholds."""
+    return number_in(0.0, 1.0)(text)
+
+
+def number_in(low: float, high: float, integer: bool = False):
+    """A validator for a finite number in [low, high], for flags whose sensible range is known (an
+    unbounded --margin once asked OpenCV for a 113 GB image)."""
+    def check(text: str):
+        value = _number(text)
+        if integer:
+            if not value.is_integer():
+                raise argparse.ArgumentTypeError(f"must be a whole number from {low:g} to {high:g}, got {text}")
+            value = int(value)
+        if not low <= value <= high:  # also rejects nan and inf
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+        return value
+
+    check.__name__ = f"number in [{low:g}, {high:g}]"
+    return check
+

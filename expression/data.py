@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .augment import random_erase, random_rotate_scale
 from .cli import UsageError
+from .images import standard_image
 
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -76,7 +77,7 @@ class Preprocessing:
         normalisation. Same PIL bilinear resize as the seed's transforms.Resize."""
         if isinstance(img, np.ndarray):
             img = Image.fromarray(img)
-        img = img.convert("L" if self.color == "gray" else "RGB")
+        img = standard_image(img).convert("L" if self.color == "gray" else "RGB")  # 16-bit scaled, not clipped
         if img.size != (self.img_size, self.img_size):
             img = img.resize((self.img_size, self.img_size), Image.BILINEAR)
         return np.asarray(img, dtype=np.uint8)
@@ -109,10 +110,14 @@ def class_folders(root) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def check_splits(train_dir, test_dir) -> list[str]:
-    """Both splits exist, hold the same class folders, and no class folder is empty."""
-    for what, path in (("train", train_dir), ("test", test_dir)):
+def check_splits(train_dir, test_dir, other: str = "test") -> list[str]:
+    """Both splits exist, hold the same class folders, and no class folder is empty. `other` names the
+    second split in messages ("test", or "validation" for --val-dir)."""
+    for what, path in (("train", train_dir), (other, test_dir)):
         if not Path(path).is_dir():
+            if other != "test" and what == other:
+                raise UsageError(f"{other} folder {path} does not exist: give --val-dir a folder of <class>/ "
+                                 f"sub-folders, or use --val-split F instead")
             raise UsageError(f"{what} folder {path} does not exist: pass --data DIR holding train/<class>/ "
                              f"and test/<class>/ (see README: Getting FER2013), or try --demo")
     train_classes, test_classes = class_folders(train_dir), class_folders(test_dir)
@@ -121,9 +126,9 @@ def check_splits(train_dir, test_dir) -> list[str]:
     if train_classes != test_classes:
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))
-        raise UsageError(f"train and test classes differ (only in train: {only_train or 'none'}; only in test: "
-                         f"{only_test or 'none'}): give both splits the same class folders")
-    for what, path in (("train", train_dir), ("test", test_dir)):
+        raise UsageError(f"train and {other} classes differ (only in train: {only_train or 'none'}; only in "
+                         f"{other}: {only_test or 'none'}): give both splits the same class folders")
+    for what, path in (("train", train_dir), (other, test_dir)):
         for name in train_classes:
             folder = Path(path) / name
             if not any(is_image_file(p) for p in folder.iterdir() if p.is_file()):
@@ -169,8 +174,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 def _decode_for_training(path, img_size: int) -> np.ndarray:
     """(S, S) uint8 for a grayscale image, (S, S, 3) for colour: gray files stay one channel in memory."""
-    img = load_pil(path)
-    gray = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+    img = standard_image(load_pil(path))
+    gray = img.mode == "L"
     pixels = Preprocessing(img_size, color="gray" if gray else "rgb").pixels(img)
     if pixels.ndim == 3 and (pixels == pixels[..., :1]).all():
         return pixels[..., 0]  # an RGB or palette file of gray pixels: keep one channel, lose nothing

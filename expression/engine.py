@@ -18,6 +18,14 @@ from tqdm import tqdm
 from .tta import tta_probs
 
 
+class NonFiniteLoss(ArithmeticError):
+    """Training diverged: the loss of step `step` (1-based, within the epoch) is inf or nan."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"the loss became {value} at step {step}")
+        self.step, self.value = step, value
+
+
 @dataclass
 class EpochResult:
     loss: float
@@ -32,6 +40,9 @@ class Evaluation:
     targets: np.ndarray  # (N,) int
     preds: np.ndarray    # (N,) int
     probs: np.ndarray    # (N, C) float32 softmax
+
+
+CHECK_EVERY = 25
 
 
 def autocast(device, dtype):
@@ -50,8 +61,11 @@ def train_one_epoch(model, loader, criterion, optimizer, device, progress=False,
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
+    # A diverged loss must stop the run before its step writes inf/nan into the weights. Checking is a
+    # device sync, free on CPU; on a GPU it runs every CHECK_EVERY steps so the queue keeps flowing.
+    check_every = 1 if torch.device(device).type == "cpu" else CHECK_EVERY
     with tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False) as bar:
-        for images, labels in bar:
+        for step, (images, labels) in enumerate(bar, start=1):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             targets = labels
             if mix is not None:
@@ -59,6 +73,8 @@ def train_one_epoch(model, loader, criterion, optimizer, device, progress=False,
             with autocast(device, amp_dtype):
                 logits = model(images)
                 loss = criterion(logits.float(), targets)
+            if step % check_every == 0 and not torch.isfinite(loss):
+                raise NonFiniteLoss(step, float(loss.detach()))
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -77,6 +93,8 @@ def train_one_epoch(model, loader, criterion, optimizer, device, progress=False,
             seen += len(labels)
             if progress:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+    if not torch.isfinite(loss_sum):  # a GPU run between checks, or gradients that overflowed
+        raise NonFiniteLoss(seen and step, float(loss_sum))
     return EpochResult(loss_sum.item() / seen, correct.item() / seen, seen)
 
 

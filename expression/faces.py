@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .cli import UsageError
+from .images import standard_image
 
 # name -> cascade file in cv2.data.haarcascades; the first entry is the default
 CASCADES = {
@@ -154,23 +155,6 @@ def crop_faces(image: np.ndarray, boxes, margin: float = DEFAULT_MARGIN, whole: 
 
 
 def image_to_rgb(img: Image.Image) -> np.ndarray:
-    """Any PIL image -> uint8 (H, W, 3) RGB as a person sees it: EXIF rotation applied (phone photos
-    are often stored sideways, and Haar cascades only find upright faces), transparency composited
-    on white, 16-bit and float images scaled to 0..255 instead of clipped."""
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the picture unreadable
-        pass
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        if img.mode == "F":
-            low, high = float(values.min()), float(values.max())
-            values, top = values - low, max(high - low, 1e-12)
-        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    """Any PIL image -> uint8 (H, W, 3) RGB as a person sees it (see expression.images: EXIF rotation,
+    since Haar cascades only find upright faces; transparency on white; 16-bit and float scaled)."""
+    return np.asarray(standard_image(img, alpha="white").convert("RGB"), dtype=np.uint8)

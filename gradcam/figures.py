@@ -10,7 +10,6 @@ everything else lives here once (a second copy of the image loader or the grid c
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from expression.checkpoint import add_checkpoint_argument, checkpoint_path, load_model
-from expression.cli import UsageError, non_negative_int, positive_int, resolve_device, use_progress_bars
+from expression.checkpoint import add_checkpoint_argument, open_model
+from expression.cli import UsageError, non_negative_int, positive_int, resolve_device, unit_float, use_progress_bars
 from expression.data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
 from expression.io import atomic_path, ensure_writable_dir
 
@@ -53,13 +52,6 @@ def name_list(text: str) -> tuple[str, ...]:
 
 
 name_list.__name__ = "comma-separated list"  # argparse names the type in its error message
-
-
-def unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def add_common_args(parser, *, grid_name: str, target: bool = True):
@@ -210,12 +202,15 @@ def prepare(args) -> Session:
     """Load the checkpoint, check the flags against it, pick and decode the images, make --out."""
     check_overlay(args.colormap, args.alpha)
     device = resolve_device(args.device)
-    path = checkpoint_path(args.checkpoint)
-    model, ckpt = load_model(path, device)
+    # The user's own pictures never meet a demo-face model by default (see choose_model).
+    model, ckpt, path = open_model(args.checkpoint, device, real_photos=args.images is not None)
     check_layers(model, args.layers)
     class_names = list(ckpt["class_names"])
     out_dir = ensure_writable_dir(args.out or Path("runs") / "explain" / path.stem, "--out")
     if args.save_maps:
+        if Path(args.save_maps).is_dir():
+            raise UsageError(f"--save-maps {args.save_maps} is a folder: give a file name such as "
+                             f"{Path(args.save_maps) / 'maps.npz'}")
         ensure_writable_dir(Path(args.save_maps).parent, "--save-maps")
 
     _, kept = select_images(args.images, ckpt, args.limit)

@@ -1,7 +1,6 @@
 """Shared fixtures: tiny generated data and checkpoints. No network, no ../shared."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +9,10 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the scripts and packages live at the repo root, not installed
 
-from expression import checkpoint  # noqa: E402
-from expression.data import FER2013_CLASSES, Preprocessing  # noqa: E402
-from expression.model import build_model  # noqa: E402
+from expression import checkpoint
+from expression.data import FER2013_CLASSES, Preprocessing
+from expression.model import build_model
 
 
 def write_image_folder(root: Path, classes=FER2013_CLASSES, per_class=(6, 3), size=48, seed=0) -> Path:

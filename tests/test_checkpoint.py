@@ -98,3 +98,45 @@ def test_imagenet_weights_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(models.ResNet34_Weights, "get_state_dict", offline)
     with pytest.raises(UsageError, match="pass --weights none"):
         build_model("resnet34", 7, weights="imagenet")
+
+
+def _demo_checkpoint(path):
+    record = torch.load(make_checkpoint(path), weights_only=True)
+    record["args"] = {"demo": True}
+    return checkpoint.save(record, path)
+
+
+def test_default_model_never_gives_real_photos_to_a_demo_model(tmp_path, monkeypatch):
+    import os
+    models_dir = tmp_path / "models"
+    shipped = make_checkpoint(tmp_path / "shipped" / "fer.pt")
+    monkeypatch.setattr(checkpoint, "SHIPPED_MODEL", shipped)
+    real = make_checkpoint(models_dir / "fer_own.pt")
+    os.utime(real, (1, 1))
+    demo = _demo_checkpoint(models_dir / "resnet34_demo.pt")  # the newest
+    assert checkpoint.choose_model(None, models_dir)[0] == demo  # its own demo test faces: fine
+    path, why = checkpoint.choose_model(None, models_dir, real_photos=True)
+    assert path == real and "newest" in why
+    real.unlink()
+    path, why = checkpoint.choose_model(None, models_dir, real_photos=True)
+    assert path == shipped and "resnet34_demo.pt" in why and "demo" in why
+    monkeypatch.setattr(checkpoint, "SHIPPED_MODEL", tmp_path / "absent.pt")
+    with pytest.raises(UsageError, match="--checkpoint .*resnet34_demo.pt"):
+        checkpoint.choose_model(None, models_dir, real_photos=True)
+    assert checkpoint.choose_model(str(demo), models_dir, real_photos=True) == (demo, "--checkpoint")
+    demo.unlink()
+    with pytest.raises(UsageError, match="no model in"):
+        checkpoint.choose_model(None, models_dir)
+
+
+def test_float16_weights_load_as_float32(tmp_path):
+    path = make_checkpoint(tmp_path / "m.pt")
+    full, _ = checkpoint.load_model(path)
+    record = torch.load(path, weights_only=True)
+    record["model"] = {k: v.half() if v.is_floating_point() else v for k, v in record["model"].items()}
+    checkpoint.save(record, tmp_path / "half.pt")
+    half, _ = checkpoint.load_model(tmp_path / "half.pt")
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(half(x), full(x), atol=2e-2, rtol=2e-2)

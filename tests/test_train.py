@@ -122,7 +122,8 @@ def test_bad_data_folders(tmp_path, image_folder, capsys):
 
 
 @pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch-size", "-1"), ("--lr", "0"),
-                                        ("--lr", "nan"), ("--epochs", "two")])
+                                        ("--lr", "nan"), ("--lr", "inf"), ("--weight-decay", "inf"),
+                                        ("--epochs", "two")])
 def test_bad_numbers(tmp_path, image_folder, capsys, flag, value):
     with pytest.raises(SystemExit) as exit_info:
         run(tmp_path, image_folder, flag, value)
@@ -162,6 +163,28 @@ def test_existing_model_survives_a_failed_run(tmp_path, image_folder, monkeypatc
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path, image_folder, name="keep")
     assert (tmp_path / "models" / "keep.pt").read_bytes() == before
+
+
+def test_a_diverged_run_stops_and_keeps_the_model_and_last_good_state(tmp_path, image_folder, capsys):
+    assert run(tmp_path, image_folder, name="keep") == 0
+    model_before = (tmp_path / "models" / "keep.pt").read_bytes()
+    capsys.readouterr()
+    # Two epochs: the first is fine at a sane rate, then resume at a rate that diverges at once.
+    assert run(tmp_path, image_folder, "--epochs", "1", name="div") == 0
+    state = tmp_path / "runs" / "div" / "checkpoint.pt"
+    state_before = state.read_bytes()
+    capsys.readouterr()
+    assert run(tmp_path, image_folder, "--epochs", "2", "--resume", str(state), "--optimizer", "sgd",
+               name="div") == 2
+    assert "trained with --optimizer adam" in capsys.readouterr().err
+    code = run(tmp_path, image_folder, "--epochs", "2", "--resume", str(state), "--lr", "1e30", name="div")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    line, = [l for l in err.splitlines() if l.startswith("error:")]
+    assert "diverged in epoch 2" in line and "step" in line and "lower --lr" in line and "epoch 1" in line
+    assert state.read_bytes() == state_before  # the resumable state of the last good epoch
+    assert (tmp_path / "models" / "keep.pt").read_bytes() == model_before
+    assert torch.load(tmp_path / "models" / "div.pt", weights_only=True)["epoch"] == 1  # not replaced
 
 
 def test_demo_defaults_and_corner_validation(tmp_path, monkeypatch, capsys):
