@@ -9,6 +9,7 @@ Two kinds of file, both written atomically and read with `torch.load(weights_onl
 """
 from __future__ import annotations
 
+import math
 import pickle
 import sys
 from pathlib import Path
@@ -80,7 +81,39 @@ def load_record(path, expect: str = MODEL_FORMAT) -> dict:
         raise UsageError(f"{path} has unknown format {record['format']!r}: {TRAIN_HINT}")
     if expect == STATE_FORMAT and record["format"] != STATE_FORMAT:
         raise UsageError(f"{path} is a model file, not a training state: resume from runs/<name>/checkpoint.pt")
+    problem = metadata_problem(record)
+    if problem:
+        raise UsageError(f"{path} holds invalid metadata ({problem}): the file was edited or damaged; "
+                         f"retrain or re-export it")
     return record
+
+
+MAX_IMG_SIZE = 1024  # larger faces than this are a damaged field, not a model anyone trained here
+
+
+def metadata_problem(record: dict) -> str | None:
+    """What is wrong with the fields a script trusts to preprocess and label images, or None.
+    Checked on every load: a bad value would otherwise surface deep inside torch or as wrong labels."""
+    names = record["class_names"]
+    if not isinstance(names, (list, tuple)) or len(names) < 2 or \
+            not all(isinstance(n, str) and n.strip() for n in names):
+        return "class_names must be a list of at least two non-empty names"
+    if len(set(names)) != len(names):
+        return f"class_names repeat a name: {', '.join(names)}"
+    size = record["img_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_IMG_SIZE:
+        return f"img_size {size!r} is not a whole number of pixels in 8..{MAX_IMG_SIZE}"
+    if record["color"] not in ("gray", "rgb"):
+        return f"color {record['color']!r} is neither 'gray' nor 'rgb'"
+    for key, low in (("mean", float("-inf")), ("std", 0.0)):
+        values = record[key]
+        if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > low
+                for v in values):
+            return f"{key} {values!r} must be three finite numbers" + (" above 0" if key == "std" else "")
+    if not isinstance(record["model"], dict) or not all(torch.is_tensor(v) for v in record["model"].values()):
+        return "model must be a state dict of tensors"
+    return None
 
 
 def model_from_record(record: dict, path="checkpoint", device="cpu"):

@@ -52,6 +52,29 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
         checkpoint.load_model(path)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("img_size", 0, "img_size 0"),
+    ("img_size", 10 ** 6, "img_size 1000000"),
+    ("img_size", "48", "img_size '48'"),
+    ("color", "cmyk", "color 'cmyk'"),
+    ("class_names", ["happy"], "at least two"),
+    ("class_names", ["a", "a", "b", "c", "d", "e", "f"], "repeat a name"),
+    ("class_names", ["a", "", "b", "c", "d", "e", "f"], "non-empty"),
+    ("mean", [0.5, float("nan"), 0.5], "mean"),
+    ("mean", [0.5], "mean"),
+    ("std", [0.5, 0.0, 0.5], "above 0"),
+    ("model", {"fc.weight": [1.0]}, "state dict of tensors"),
+])
+def test_invalid_metadata_is_refused_on_load(tmp_path, field, value, message):
+    path = make_checkpoint(tmp_path / "m.pt")
+    record = torch.load(path, weights_only=True)
+    record[field] = value
+    checkpoint.save(record, path)
+    with pytest.raises(UsageError, match="invalid metadata") as error:
+        checkpoint.load_model(path)
+    assert message in str(error.value)
+
+
 def test_a_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
     path = make_checkpoint(tmp_path / "m.pt")
     before = path.read_bytes()
