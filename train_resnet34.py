@@ -70,7 +70,8 @@ def get_args_parser() -> ArgumentParser:
                        help="preset for every flag below left unset: seed (the original project) or strong")
     train.add_argument("--epochs", type=positive_int,
                        help=preset_help("epochs", f"epochs; {DEMO_EPOCHS} with --demo"))
-    train.add_argument("--batch-size", type=positive_int, default=64, help="per process under torchrun")
+    train.add_argument("--batch-size", type=positive_int, default=64,
+                       help="per process under torchrun; a last batch of one image joins the batch before it")
     train.add_argument("--lr", type=positive_float,
                        help=preset_help("lr", f"peak learning rate; {DEMO_LR:g} with --demo"))
     train.add_argument("--weights", default=None,

@@ -304,7 +304,9 @@ class InMemoryLoader:
 
     With `world_size > 1` (torchrun) each rank takes every world_size-th index of the shared order.
     Training (`pad=True`) wraps the order around so every rank gets the same number of batches, as
-    DistributedSampler does; evaluation (`pad=False`) never pads, so each image is counted exactly once.
+    DistributedSampler does, and folds a last batch of one image into the batch before it (BatchNorm
+    in training mode cannot normalise one image whose feature map is 1x1, e.g. layer4 at 32 px);
+    evaluation (`pad=False`) never pads, so each image is counted exactly once.
     `augment` is False, True (the seed's flip + translate) or an Augmentation; `balanced` replaces the
     shuffle by class-balanced sampling with replacement.
     """
@@ -336,15 +338,22 @@ class InMemoryLoader:
             order = order[self.rank::self.world_size]
         return order
 
+    def _batch_starts(self, count: int) -> list[int]:
+        starts = list(range(0, count, self.batch_size))
+        if self.pad and len(starts) > 1 and count - starts[-1] == 1:
+            starts.pop()  # the lone last image joins the batch before it
+        return starts
+
     def __len__(self) -> int:
         n = len(self.labels)
         per_rank = -(-n // self.world_size) if self.pad else len(range(self.rank, n, self.world_size))
-        return -(-per_rank // self.batch_size)
+        return len(self._batch_starts(per_rank))
 
     def __iter__(self):
         order = self.indices().to(self.images.device)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        starts = self._batch_starts(len(order))
+        for start, end in zip(starts, [*starts[1:], len(order)]):
+            idx = order[start:end]
             x = self.images[idx]
             aug, gen = self.augment, self.augment_generator
             if aug is not None:

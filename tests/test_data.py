@@ -9,6 +9,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from expression.cli import UsageError
+from expression.model import build_model
 from expression.data import (InMemoryLoader, Preprocessing, apply_flip_translate, check_splits, decode_split,
                              find_images, normalize, sample_flip_translate)
 
@@ -106,6 +107,22 @@ def test_loader_is_repeatable_and_augments():
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
     assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, other))
     assert first[0][0].shape == (4, 3, 48, 48)
+
+
+def test_training_folds_a_last_batch_of_one_image():
+    split_type = type("S", (), {})
+    split = split_type()
+    split.images, split.labels = torch.zeros(9, 1, 32, 32, dtype=torch.uint8), torch.arange(9)
+    training = InMemoryLoader(split, 4, (0.5,) * 3, (0.5,) * 3, pad=True)
+    assert [len(y) for _, y in training] == [4, 5] and len(training) == 2
+    evaluation = InMemoryLoader(split, 4, (0.5,) * 3, (0.5,) * 3)
+    assert [len(y) for _, y in evaluation] == [4, 4, 1] and len(evaluation) == 3
+    # Why it matters: at 32 px layer4 is 1x1, where BatchNorm refuses a training batch of one image.
+    model = build_model("resnet34", 9).train()
+    for x, y in training:
+        model(x).sum().backward()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(torch.zeros(1, 3, 32, 32))
 
 
 def test_sharded_evaluation_covers_every_image_once():
