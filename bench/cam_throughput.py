@@ -24,9 +24,9 @@ import torch
 import torchvision
 
 
-from gradcam import explain  # noqa: E402
-from gradcam.base import to_input_size  # noqa: E402
-from gradcam.methods import make_method  # noqa: E402
+from gradcam import explain
+from gradcam.base import to_input_size
+from gradcam.methods import make_method
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 METHODS = ("gradcam", "gradcampp")

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 
-import export  # noqa: E402
-from expression.checkpoint import load_model, model_record  # noqa: E402
-from expression.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main  # noqa: E402
-from expression.data import FER2013_CLASSES, Preprocessing  # noqa: E402
-from expression.model import build_model  # noqa: E402
+import export
+from expression.checkpoint import load_model, model_record
+from expression.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
+from expression.data import FER2013_CLASSES, Preprocessing
+from expression.model import build_model
 
 
 def get_args_parser() -> ArgumentParser:

@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-from expression.cli import ArgumentParser, UsageError, run_main  # noqa: E402
-from expression.io import atomic_path  # noqa: E402
+from expression.cli import ArgumentParser, UsageError, run_main
+from expression.io import atomic_path
 
 
 def get_args_parser() -> ArgumentParser:

@@ -35,13 +35,14 @@ import torch
 from PIL import Image
 
 
-import predict_FER  # noqa: E402
-from expression.checkpoint import load_model, model_record, save  # noqa: E402
-from expression.cli import ArgumentParser, non_negative_int, positive_int, resolve_device, run_main  # noqa: E402
-from expression.data import FER2013_CLASSES, Preprocessing  # noqa: E402
-from expression.faces import (CASCADES, DEFAULT_MARGIN, DEFAULT_MIN_NEIGHBORS, FaceDetector,  # noqa: E402
+import predict_FER
+from expression import drawing, prediction, prediction_outputs
+from expression.checkpoint import load_model, model_record, save
+from expression.cli import ArgumentParser, non_negative_int, positive_int, resolve_device, run_main
+from expression.data import FER2013_CLASSES, Preprocessing
+from expression.faces import (CASCADES, DEFAULT_MARGIN, DEFAULT_MIN_NEIGHBORS, FaceDetector,
                               crop_faces, image_to_rgb)
-from expression.model import build_model  # noqa: E402
+from expression.model import build_model
 
 
 def video_size(text: str) -> tuple[int, int]:
@@ -74,7 +75,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--frames", type=positive_int, default=60, help="frames of the synthetic video")
     parser.add_argument("--video-size", type=video_size, default="640x480", metavar="WxH",
                         help="frame size of the synthetic video")
-    parser.add_argument("--cam", default="gradcam", choices=predict_FER.CAMS[1:], help="method for the --cam rows")
+    parser.add_argument("--cam", default="gradcam", choices=prediction.CAMS[1:], help="method for the --cam rows")
     parser.add_argument("--lfw-sizes", type=size_list, default="28,40,64,96",
                         help="face sizes (px) for the LFW detection rate")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"),
@@ -170,14 +171,14 @@ def main(args) -> int:
                                                                                      args.repeats)))
         detector = FaceDetector()
         crops, _ = crop_faces(photo, detector(photo), DEFAULT_MARGIN)
-        item = predict_FER.analyse(photo, detector, DEFAULT_MARGIN, True, source="astronaut", frame=None)
+        item = prediction.analyse(photo, detector, DEFAULT_MARGIN, True, source="astronaut", frame=None)
         for cam in ("none", args.cam):
-            classifier = predict_FER.Classifier(model, ckpt, device, cam)
+            classifier = prediction.Classifier(model, ckpt, device, cam)
             rows.append((f"classify, --cam {cam}", f"{len(crops)} face(s)",
                          timed(lambda: classifier(crops), args.repeats)))
-            predict_FER.classify([item], classifier)
+            prediction.classify([item], classifier)
             names = classifier.class_names
-            rows.append((f"annotate, --cam {cam}", "512x512", timed(lambda: predict_FER.annotate(item, names),
+            rows.append((f"annotate, --cam {cam}", "512x512", timed(lambda: drawing.annotate(item, names),
                                                                      args.repeats)))
 
         clip = tmp / "clip.mp4"
@@ -187,16 +188,16 @@ def main(args) -> int:
             # predict_FER's own video path with the model already loaded: start-up is not a per-frame cost
             argv = [str(clip), "--out", str(tmp / f"out_{cam}"), "--cam", cam, "--quiet"]
             run_args = predict_FER.get_args_parser().parse_args(argv)
-            classifier = predict_FER.Classifier(model, ckpt, device, cam)
-            stats = predict_FER.Stats()
+            classifier = prediction.Classifier(model, ckpt, device, cam)
+            stats = prediction.Stats()
             Path(run_args.out).mkdir()
             start = time.perf_counter()
-            with predict_FER.RecordWriter(Path(run_args.out) / "predictions.jsonl", "jsonl",
+            with prediction_outputs.RecordWriter(Path(run_args.out) / "predictions.jsonl", "jsonl",
                                           classifier.class_names) as writer:
-                predictor = predict_FER.Predictor(run_args, detector, classifier, writer, Path(run_args.out),
+                predictor = prediction.Predictor(run_args, detector, classifier, writer, Path(run_args.out),
                                                   stats, note=lambda message: None)
-                predict_FER.process_video(predict_FER.Source(str(clip), "video"), predictor,
-                                          predict_FER.OutputNames(), progress=False)
+                prediction.process_video(prediction.Source(str(clip), "video"), predictor,
+                                          prediction.OutputNames(), progress=False)
             video_rows.append((cam, stats.frames / (time.perf_counter() - start), stats.faces))
 
     print(f"predict latency: {checkpoint.name if args.checkpoint != 'random' else 'random ResNet34'}, "

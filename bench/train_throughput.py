@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from expression.cli import ArgumentParser, positive_int, resolve_device, run_main  # noqa: E402
-from expression.data import SEED_MEAN, SEED_STD, InMemoryLoader, check_splits, decode_split  # noqa: E402
-from expression.model import build_model  # noqa: E402
+from expression.cli import ArgumentParser, positive_int, resolve_device, run_main
+from expression.data import SEED_MEAN, SEED_STD, InMemoryLoader, check_splits, decode_split
+from expression.model import build_model
 
 
 def get_args_parser() -> ArgumentParser:

@@ -20,11 +20,11 @@ from PIL import Image
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import export  # noqa: E402
-import onnx_predict  # noqa: E402
-from expression.checkpoint import load_model  # noqa: E402
-from expression.cli import run_main  # noqa: E402
-from expression.data import Preprocessing  # noqa: E402
+import export
+import onnx_predict
+from expression.checkpoint import load_model
+from expression.cli import run_main
+from expression.data import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ from gradcam.base import BaseCAM
 from gradcam.scorecam import ScoreCAM
 
 pgc = pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 REFERENCE = {"gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,

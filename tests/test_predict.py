@@ -19,7 +19,8 @@ from expression.checkpoint import load_model
 from expression.cli import run_main
 from expression.data import FER2013_CLASSES
 from expression.faces import FaceDetector, Region, crop_faces, crop_region, face_region, image_to_rgb
-from predict_FER import Classifier, get_args_parser, main
+from expression.prediction import Classifier
+from predict_FER import get_args_parser, main
 
 FACE_CENTRE = (225, 114)  # astronaut, 512 px
 FIELDS = {"source", "frame", "face", "box", "label", "probabilities", "true_label", "annotated", "note"}
@@ -318,3 +319,16 @@ def test_webcam_loop_with_a_fake_camera(video, random_checkpoint, tmp_path, monk
     records = read_jsonl(tmp_path / "predictions.jsonl")
     assert [(r["source"], r["frame"]) for r in records] == [("webcam:0", 0), ("webcam:0", 2)]
     assert all(near_face(r["box"], scale=0.5, tol=20) for r in records)
+
+
+def test_face_predictor_api_gives_the_records_the_script_writes(image_run, photos, random_checkpoint):
+    from expression.prediction import FacePredictor
+    _, _, by_source = image_run
+    predictor = FacePredictor.from_checkpoint(random_checkpoint)
+    astro = image_to_rgb(Image.open(photos / "a" / "astronaut.png"))
+    records = predictor.predict(astro, source=str(photos / "a" / "astronaut.png"))
+    written = by_source["a/astronaut.png"]
+    assert len(records) == 1 and records[0]["box"] == written["box"] and records[0]["label"] == written["label"]
+    assert records[0]["probabilities"] == pytest.approx(written["probabilities"], abs=1e-5)  # other batch, rounded
+    coffee = predictor.predict(image_to_rgb(Image.open(photos / "coffee.png")))
+    assert coffee[0]["note"] == "no face found" and coffee[0]["box"] is None

@@ -1,0 +1,416 @@
+"""The prediction pipeline: faces in a picture -> crops -> the checkpoint's preprocessing -> batched
+classification (and a CAM per face) -> one record per face. `predict_FER.py` and the benchmarks call it;
+drawing is in `expression.drawing`, the files it writes in `expression.prediction_outputs`.
+
+    from expression.prediction import FacePredictor
+    predictor = FacePredictor.from_checkpoint("models/shipped/resnet34_fer2013_cpu.pt", cam="gradcam")
+    for record in predictor.predict(rgb_uint8_image):   # one dict per face, predict_FER.py's schema
+        print(record["box"], record["label"], record["probabilities"])
+"""
+from __future__ import annotations
+
+import glob
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_model
+from .cli import UsageError
+from .data import Preprocessing, UnreadableImage, find_images, is_image_file, load_pil
+from .drawing import annotate
+from .faces import DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE, \
+    DEFAULT_MIN_NEIGHBORS, FaceDetector, crop_faces, image_to_rgb
+from .prediction_outputs import ImageSink, VideoSink
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+CAMS = ("none", "gradcam", "gradcampp")
+# At 48 px input ResNet34's layer3 is 3x3 and layer4 2x2: layer3 is the deepest stage that still
+# separates the brow/eye band from the mouth band, and deep enough to be class-specific.
+DEFAULT_CAM_LAYER = "layer3"
+NO_FACE = "no face found"
+PENDING_PIXELS = 64_000_000  # images held for annotation before a batch is forced (~190 MB RGB)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str
+    kind: str  # "image" or "video"
+    label: str | None = None  # class sub-folder name, when the image came from <folder>/<class>/
+
+
+def is_video_file(path) -> bool:
+    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
+def find_sources(specs, out_dir) -> tuple[list[Source], list[str]]:
+    """PATH arguments -> (sources in the order given, specs that matched nothing). Anything under
+    --out found through a folder or glob is left out, so a glob over the working folder never re-reads
+    its own annotated copies; a file named explicitly is always read."""
+    out_dir = Path(out_dir).resolve()
+    sources, missing = [], []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_file():  # named explicitly: tried whatever its extension
+            found = [Source(str(path), "video" if is_video_file(path) else "image")]
+        else:
+            found = [Source(e.path, "image", e.label) for e in find_images([spec])]
+            if path.is_dir():
+                videos = sorted(p for p in path.iterdir() if p.is_file() and is_video_file(p))
+            else:
+                videos = sorted(Path(p) for p in glob.glob(str(spec), recursive=True)
+                                if Path(p).is_file() and is_video_file(p) and not is_image_file(p))
+            found += [Source(str(p), "video") for p in videos]
+            found = [s for s in found if out_dir not in Path(s.path).resolve().parents]
+        if not found:
+            missing.append(spec)
+        sources.extend(found)
+    seen, unique = set(), []
+    for source in sources:
+        key = str(Path(source.path).resolve())
+        if key not in seen:
+            seen.add(key)
+            unique.append(source)
+    return unique, missing
+
+
+class OutputNames:
+    """<stem>_annotated<suffix>, made unique: same stems from different folders get the folder name
+    (happy/001.png, sad/001.png -> 001_annotated.jpg, sad_001_annotated.jpg), then a counter."""
+
+    def __init__(self):
+        self.used = set()
+
+    def __call__(self, path, suffix: str) -> str:
+        path = Path(path)
+        candidates = [path.stem, f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem]
+        candidates += [f"{path.stem}_{i}" for i in range(2, 10_000)]
+        for stem in candidates:
+            name = f"{stem}_annotated{suffix}"
+            if name.lower() not in self.used:  # lower(): case-insensitive file systems
+                self.used.add(name.lower())
+                return name
+        raise ValueError(f"too many inputs named {path.name}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model
+
+
+class Classifier:
+    """Crops -> (probabilities (N, C) numpy, heat maps (N, S, S) in [0, 1] or None), in batches."""
+
+    def __init__(self, model, ckpt: dict, device, cam: str = "none", cam_layer: str = DEFAULT_CAM_LAYER,
+                 batch_size: int = 64):
+        self.model, self.device, self.batch_size = model, device, batch_size
+        self.prep = Preprocessing.from_checkpoint(ckpt)
+        self.class_names = list(ckpt["class_names"])
+        self.cam, self.cam_layer = cam, cam_layer
+        if cam != "none":
+            layers = [name for name, _ in model.named_modules() if name and "." not in name]
+            if cam_layer not in dict(model.named_modules()):
+                raise ValueError(f"{cam_layer} is not a module of this {ckpt['arch']}: use one of "
+                                 f"{', '.join(layers)} (or a dotted name such as layer3.5.conv2)")
+            from gradcam import explain  # imported only when needed: pulls in the CAM machinery
+            self._explain = explain
+
+    def __call__(self, crops):
+        probs, heats = [], []
+        for start in range(0, len(crops), self.batch_size):
+            x = self.prep.to_tensor(crops[start:start + self.batch_size]).to(self.device)
+            if self.cam == "none":
+                with torch.inference_mode():
+                    probs.append(torch.softmax(self.model(x).float(), dim=1).cpu())
+            else:
+                # one forward + backward gives both the prediction and its explanation
+                res = self._explain(self.model, x, layers=(self.cam_layer,), methods=(self.cam,))
+                probs.append(res.probs.float().cpu())
+                heats.append(res.maps[f"{self.cam}/{self.cam_layer}"].numpy())
+        if not probs:
+            return np.zeros((0, len(self.class_names))), None
+        return torch.cat(probs).double().numpy(), (np.concatenate(heats) if heats else None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One image or frame: detect -> crop -> classify -> records
+
+
+@dataclass
+class Item:
+    source: str
+    frame: int | None
+    image: np.ndarray | None  # RGB uint8; dropped after detection when nothing is annotated
+    shape: tuple
+    boxes: list
+    crops: list
+    regions: list
+    true_label: str | None = None
+    whole: bool = False  # --detector none: the one box is the whole image
+    annotated: str | None = None  # output file name, relative to --out
+    probs: np.ndarray | None = None
+    heats: np.ndarray | None = None
+    sink: object = None  # where the annotated picture goes: ImageSink or VideoSink
+
+    @property
+    def pixels(self) -> int:
+        return int(np.prod(self.shape[:2])) if self.image is not None else 0
+
+
+def analyse(image: np.ndarray, detector: FaceDetector, margin: float, keep_image: bool, **fields) -> Item:
+    boxes = detector(image)
+    crops, regions = crop_faces(image, boxes, margin, whole=detector.kind == "none")
+    return Item(image=image if keep_image else None, shape=image.shape, boxes=boxes, crops=crops,
+                regions=regions, whole=detector.kind == "none", **fields)
+
+
+def classify(items, classifier: Classifier) -> None:
+    """Fill probs/heats of every item from one pass over all their faces (cross-image batching)."""
+    crops = [c for item in items for c in item.crops]
+    probs, heats = classifier(crops)
+    start = 0
+    for item in items:
+        end = start + len(item.crops)
+        item.probs = probs[start:end]
+        item.heats = heats[start:end] if heats is not None else None
+        start = end
+
+
+def records(item: Item, class_names) -> list[dict]:
+    base = {"source": item.source, "frame": item.frame}
+    tail = {"true_label": item.true_label, "annotated": item.annotated}
+    if not item.boxes:
+        return [{**base, "face": None, "box": None, "label": None, "probabilities": None, **tail,
+                 "note": NO_FACE}]
+    out = []
+    for index, (box, p) in enumerate(zip(item.boxes, item.probs)):
+        out.append({**base, "face": index, "box": [int(v) for v in box],
+                    "label": class_names[int(np.argmax(p))],
+                    "probabilities": {name: round(float(v), 6) for name, v in zip(class_names, p)},
+                    **tail, "note": None})
+    return out
+
+
+class FacePredictor:
+    """The small Python API: a model, a detector and a classifier, loaded once; `predict(image)` gives
+    one record per face (a record with note "no face found" when there is none)."""
+
+    def __init__(self, model, ckpt: dict, device="cpu", *, cam: str = "none", cam_layer: str = DEFAULT_CAM_LAYER,
+                 detector: str = DEFAULT_DETECTOR, margin: float = DEFAULT_MARGIN, min_face: int = DEFAULT_MIN_FACE,
+                 min_neighbors: int = DEFAULT_MIN_NEIGHBORS, detect_max_side: int = DEFAULT_DETECT_MAX_SIDE,
+                 batch_size: int = 64):
+        self.classifier = Classifier(model, ckpt, device, cam, cam_layer, batch_size)
+        self.detector = FaceDetector(detector, min_face, detect_max_side, min_neighbors)
+        self.margin = margin
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu", **options) -> "FacePredictor":
+        model, ckpt = load_model(path, device)
+        return cls(model, ckpt, device, **options)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classifier.class_names
+
+    def analyse(self, image: np.ndarray, source: str = "image") -> Item:
+        """-> the classified Item (boxes, crops, probabilities, heat maps) of one RGB uint8 picture."""
+        item = analyse(image, self.detector, self.margin, True, source=source, frame=None)
+        classify([item], self.classifier)
+        return item
+
+    def predict(self, image: np.ndarray, source: str = "image") -> list[dict]:
+        return records(self.analyse(image, source), self.class_names)
+
+    def annotate(self, item: Item) -> np.ndarray:
+        return annotate(item, self.class_names)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A run over many files: batching across images, stats, sinks
+
+
+@dataclass
+class Stats:
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    faces: int = 0
+    labels: Counter = field(default_factory=Counter)
+    no_face: list = field(default_factory=list)
+    unreadable: list = field(default_factory=list)  # (path, reason)
+    missing: list = field(default_factory=list)
+    correct: int = 0
+    labelled: int = 0
+    interrupted: bool = False
+
+
+class Predictor:
+    """Holds analysed items until a batch is full, then classifies, writes records and annotations."""
+
+    def __init__(self, args, detector, classifier, writer, out_dir, stats, note):
+        self.args, self.detector, self.classifier, self.writer = args, detector, classifier, writer
+        self.out_dir, self.stats, self.note = out_dir, stats, note
+        self.annotate = not args.no_annotate
+        self.pending: list[Item] = []
+
+    def add(self, image: np.ndarray, **fields) -> None:
+        item = analyse(image, self.detector, self.args.margin, self.annotate, **fields)
+        self.pending.append(item)
+        faces = sum(len(i.crops) for i in self.pending)
+        if faces >= self.args.batch_size or sum(i.pixels for i in self.pending) >= PENDING_PIXELS:
+            self.flush()
+
+    def now(self, image: np.ndarray, **fields) -> Item:
+        """Analyse and classify one picture at once (webcam: latency over throughput)."""
+        self.flush()
+        item = analyse(image, self.detector, self.args.margin, True, **fields)
+        self.pending.append(item)
+        self.flush()
+        return item
+
+    def flush(self) -> list[Item]:
+        items, self.pending = self.pending, []
+        if not items:
+            return items
+        classify(items, self.classifier)
+        names = self.classifier.class_names
+        for item in items:
+            for record in records(item, names):
+                self.writer.write(record)
+                if record["label"] is not None:
+                    self.stats.faces += 1
+                    self.stats.labels[record["label"]] += 1
+                    if item.true_label in names:
+                        self.stats.labelled += 1
+                        self.stats.correct += record["label"] == item.true_label
+            if not item.boxes and item.frame is None:
+                self.stats.no_face.append(item.source)
+                self.note(f"{item.source}: {NO_FACE}")
+            if item.sink is not None:
+                item.sink.put(annotate(item, names))
+        return items
+
+
+def process_image(source: Source, predictor: Predictor, names: OutputNames) -> None:
+    image = image_to_rgb(load_pil(source.path))
+    sink = annotated = None
+    if predictor.annotate:
+        annotated = names(source.path, ".jpg")
+        sink = ImageSink(predictor.out_dir / annotated)
+    predictor.add(image, source=source.path, frame=None, true_label=source.label, annotated=annotated,
+                  sink=sink)
+    predictor.stats.images += 1
+
+
+def process_video(source: Source, predictor: Predictor, names: OutputNames, progress: bool) -> None:
+    capture = cv2.VideoCapture(source.path)
+    ok, frame = capture.read() if capture.isOpened() else (False, None)
+    if not ok:
+        capture.release()
+        raise UnreadableImage(f"{source.path}: OpenCV cannot decode it as a video")
+    every = predictor.args.every
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    sink = annotated = None
+    if predictor.annotate:
+        annotated = names(source.path, ".mp4")
+        sink = VideoSink(predictor.out_dir / annotated, max(fps / every, 1.0))
+    keep = False  # whether the annotated MP4 is moved into place
+    bar = tqdm(total=total, desc=Path(source.path).name, unit="frame", leave=False, disable=not progress)
+    try:
+        index = 0
+        while ok:
+            if index % every == 0:
+                predictor.add(np.ascontiguousarray(frame[:, :, ::-1]), source=source.path, frame=index,
+                              annotated=annotated, sink=sink)
+                predictor.stats.frames += 1
+            bar.update(1)
+            index += 1
+            if index % every == 0:
+                ok, frame = capture.read()
+            else:  # grab() skips decoding the frames that --every leaves out
+                ok, frame = capture.grab(), None
+        predictor.flush()  # the writer must have every frame before it is closed
+        keep = True
+    except KeyboardInterrupt:
+        predictor.flush()  # Ctrl-C: the frames done so far make a valid, shorter MP4
+        keep = True
+        raise
+    finally:
+        bar.close()
+        capture.release()
+        if sink is not None:
+            sink.close(ok=keep)
+    predictor.stats.videos += 1
+
+
+def run_webcam(index: int, predictor: Predictor) -> None:
+    """Live loop sharing analyse/classify/annotate with the video path; q (or Ctrl-C) stops it."""
+    log = getattr(cv2, "utils", None) and getattr(cv2.utils, "logging", None)
+    level = log.getLogLevel() if log else None
+    if log:  # every backend that fails to open the camera prints its own warning: one error is enough
+        log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        capture = cv2.VideoCapture(index)
+    finally:
+        if log:
+            log.setLogLevel(level)
+    if not capture.isOpened():
+        raise UsageError(f"cannot open camera {index}: check --webcam N and that no other program uses it")
+    window, last, frame_no = f"predict_FER - camera {index} (q quits)", None, 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            rgb = np.ascontiguousarray(frame[:, :, ::-1])
+            if frame_no % predictor.args.every == 0 or last is None:
+                last = predictor.now(rgb, source=f"webcam:{index}", frame=frame_no)
+                predictor.stats.frames += 1
+            else:  # frames in between show the last result on the new picture
+                last.image = rgb
+            try:
+                cv2.imshow(window, annotate(last, predictor.classifier.class_names)[:, :, ::-1])
+                key = cv2.waitKey(1) & 0xFF
+            except cv2.error:
+                raise UsageError("this OpenCV build has no GUI (opencv-python-headless?): install "
+                                 "opencv-python<5 for --webcam, or record a video and pass its path") from None
+            if key == ord("q"):
+                break
+            frame_no += 1
+    finally:
+        capture.release()
+        cv2.destroyAllWindows()
+
+
+def process_all(predictor: Predictor, sources, names: OutputNames, progress: bool, webcam: int | None = None) -> None:
+    """Every source (or the camera) through `predictor`; unreadable files are noted and skipped, and
+    Ctrl-C ends the run after writing what was done (stats.interrupted)."""
+    stats, note = predictor.stats, predictor.note
+    try:
+        if webcam is not None:
+            run_webcam(webcam, predictor)
+        else:
+            for source in tqdm(sources, desc="predicting", unit="file", disable=not progress):
+                try:
+                    if source.kind == "video":
+                        process_video(source, predictor, names, progress)
+                    else:
+                        process_image(source, predictor, names)
+                except UnreadableImage as err:
+                    reason = str(err).split(": ", 1)[-1][:120]
+                    stats.unreadable.append((source.path, reason))
+                    note(f"{source.path}: unreadable ({reason}): skipped")
+        predictor.flush()
+    except KeyboardInterrupt:
+        stats.interrupted = True
+        note("interrupted: writing what was done so far")
+        predictor.pending = [i for i in predictor.pending if i.frame is None]  # the video is closed
+        predictor.flush()
