@@ -17,7 +17,7 @@ import sys
 
 from expression.cli import ArgumentParser, number_in, run_main
 from gradcam import attention_maps
-from gradcam.figures import Batch, add_common_args, draw_grids, prepare, print_paths, run_batches, \
+from expression.explain_figures import Batch, add_common_args, draw_grids, prepare, print_paths, run_batches, \
     save_maps, summary
 
 GRID = "attention_grid"

@@ -43,7 +43,7 @@ from expression.cli import (ArgumentParser, UsageError, non_negative_int, positi
 from expression.data import Preprocessing
 from expression.io import atomic_path, ensure_writable_dir, write_json, write_text
 from gradcam import METHODS, explain
-from gradcam.figures import DEFAULT_LAYERS, check_layers, name_list, select_images
+from expression.explain_figures import DEFAULT_LAYERS, check_layers, name_list, select_images
 from gradcam.metrics import (BASELINE_MAPS, BASELINES, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, baseline_maps,
                              confidence_change, energy_pointing_game, make_baseline, perturbation_curves,
                              POINTING_TIES, pointing_game, road, step_counts)

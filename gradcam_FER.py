@@ -17,7 +17,7 @@ import sys
 
 from expression.cli import ArgumentParser, UsageError, run_main
 from gradcam import METHODS, explain
-from gradcam.figures import Batch, add_common_args, draw_grids, name_list, prepare, print_paths, \
+from expression.explain_figures import Batch, add_common_args, draw_grids, name_list, prepare, print_paths, \
     resolve_targets, run_batches, save_maps, summary
 
 GRID = "gradcam_grid"

@@ -154,7 +154,7 @@ def test_help_shows_defaults(script, capsys):
 
 
 def test_default_images_follow_the_checkpoint(tmp_path):
-    from gradcam.figures import default_images
+    from expression.explain_figures import default_images
     assert default_images({"args": {"demo": True}}) == ["data/demo/test"]
     assert default_images({"args": {}}) == ["data/fer2013/test"]
     assert default_images({"args": {"test_dir": str(tmp_path)}}) == [str(tmp_path)]

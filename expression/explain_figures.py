@@ -23,13 +23,13 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from expression.checkpoint import add_checkpoint_argument, open_model
-from expression.cli import UsageError, non_negative_int, positive_int, resolve_device, unit_float, use_progress_bars
-from expression.data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
-from expression.io import atomic_path, ensure_writable_dir
+from gradcam.base import resolve_layers
+from gradcam.overlay import overlay
 
-from .base import resolve_layers
-from .overlay import overlay
+from .checkpoint import add_checkpoint_argument, open_model
+from .cli import UsageError, non_negative_int, positive_int, resolve_device, unit_float, use_progress_bars
+from .data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
+from .io import atomic_path, ensure_writable_dir
 
 # The seed explained all four ResNet34 stages. At 48 px input their feature maps are layer1 12x12,
 # layer2 6x6, layer3 3x3 and layer4 2x2 (strides 4, 8, 16, 32): deep-layer maps are coarse by design,
