@@ -50,7 +50,7 @@ def plot_curves(path, history: list[dict], title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion_matrix(path, targets, preds, class_names, title: str = "") -> np.ndarray:
@@ -71,7 +71,7 @@ def plot_confusion_matrix(path, targets, preds, class_names, title: str = "") ->
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return counts
 
 
@@ -105,7 +105,7 @@ def write_evaluation_reports(out_dir, result, class_names, title: str = "") -> d
                                        class_names)
 
 
-def _save_figure(fig, path) -> None:
+def save_figure(fig, path, dpi: int = 120) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
