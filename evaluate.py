@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from expression import report
-from expression.checkpoint import add_checkpoint_argument, choose_model, describe_model, load_model
+from expression.checkpoint import add_checkpoint_argument, open_model_quietly
 from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_int, resolve_device, run_main,
                             use_progress_bars)
 from expression.data import InMemoryLoader, Preprocessing, class_folders, decode_split, is_image_file
@@ -67,16 +67,14 @@ def split_labels(split_dir: Path, class_names: list[str], checkpoint: Path) -> l
 def main(args) -> int:
     modes = list(dict.fromkeys(m for mode in args.tta for m in (TTA_MODES if mode == "all" else (mode,))))
     device = resolve_device(args.device)
-    # open_model's steps one by one, so that a bad --split stays the only line printed.
-    ckpt_path, reason = choose_model(args.checkpoint)
-    model, ckpt = load_model(ckpt_path, device)
+    model, ckpt, ckpt_path, model_line = open_model_quietly(args.checkpoint, device)
     prep = Preprocessing.from_checkpoint(ckpt)
     class_names = list(ckpt["class_names"])
     split_dir = Path(args.split)
     mapping = split_labels(split_dir, class_names, ckpt_path)
     out_dir = ensure_writable_dir(args.out or Path("runs") / "eval" / f"{ckpt_path.stem}_{split_dir.resolve().name}",
                                   "--out")
-    print(describe_model(ckpt_path, ckpt, reason), file=sys.stderr, flush=True)
+    print(model_line, file=sys.stderr, flush=True)  # after the checks: an error stays the only line
 
     progress = use_progress_bars(args.quiet)
     # Decode with the split's own folder list, then move labels to the checkpoint's indices.

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from expression.checkpoint import add_checkpoint_argument, open_model
+from expression.checkpoint import add_checkpoint_argument, open_model_quietly
 from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_float, positive_int,
                             resolve_device, run_main, use_progress_bars)
 from expression.data import Preprocessing
@@ -102,7 +102,7 @@ def main(args) -> int:
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     device = resolve_device(args.device)
-    model, ckpt, checkpoint = open_model(args.checkpoint, device)
+    model, ckpt, checkpoint, model_line = open_model_quietly(args.checkpoint, device)
     check_layers(model, args.layers)
     prep = Preprocessing.from_checkpoint(ckpt)
     if args.steps > prep.img_size ** 2:
@@ -123,6 +123,7 @@ def main(args) -> int:
     masks, has_mask, corner = load_masks(files, prep.img_size, args.masks)
     if corner is not None and corner not in class_index:
         corner = None
+    print(model_line, file=sys.stderr, flush=True)  # after the checks: an error stays the only line
 
     bar = tqdm(total=progress_total(len(pixels), args.batch_size, args.methods, args.layers, args.sanity),
                desc="evaluating", unit="map", disable=not use_progress_bars(args.quiet), leave=False)

@@ -179,10 +179,17 @@ def choose_model(arg=None, models_dir="models", *, real_photos: bool = False) ->
 def open_model(arg, device="cpu", *, real_photos: bool = False):
     """What every script does with its --checkpoint: choose (see `choose_model`), load, and say on
     stderr which model it took and why. -> (model, checkpoint dict, path)."""
+    model, ckpt, path, line = open_model_quietly(arg, device, real_photos=real_photos)
+    print(line, file=sys.stderr, flush=True)
+    return model, ckpt, path
+
+
+def open_model_quietly(arg, device="cpu", *, real_photos: bool = False):
+    """`open_model` that returns its stderr line instead of printing it -> (model, ckpt, path, line),
+    for a script that checks the rest of its input first, so a usage error stays its only line."""
     path, reason = choose_model(arg, real_photos=real_photos)
     model, ckpt = load_model(path, device)
-    print(describe_model(path, ckpt, reason), file=sys.stderr, flush=True)
-    return model, ckpt, path
+    return model, ckpt, path, describe_model(path, ckpt, reason)
 
 
 def trained_on_demo_faces(path) -> bool:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from gradcam.base import resolve_layers
 from gradcam.overlay import overlay
 
-from .checkpoint import add_checkpoint_argument, open_model
+from .checkpoint import add_checkpoint_argument, open_model_quietly
 from .cli import UsageError, non_negative_int, positive_int, resolve_device, unit_float, use_progress_bars
 from .data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
 from .io import atomic_path, ensure_writable_dir
@@ -203,7 +203,7 @@ def prepare(args) -> Session:
     check_overlay(args.colormap, args.alpha)
     device = resolve_device(args.device)
     # The user's own pictures never meet a demo-face model by default (see choose_model).
-    model, ckpt, path = open_model(args.checkpoint, device, real_photos=args.images is not None)
+    model, ckpt, path, model_line = open_model_quietly(args.checkpoint, device, real_photos=args.images is not None)
     check_layers(model, args.layers)
     class_names = list(ckpt["class_names"])
     out_dir = ensure_writable_dir(args.out or Path("runs") / "explain" / path.stem, "--out")
@@ -214,6 +214,7 @@ def prepare(args) -> Session:
         ensure_writable_dir(Path(args.save_maps).parent, "--save-maps")
 
     _, kept = select_images(args.images, ckpt, args.limit)
+    print(model_line, file=sys.stderr, flush=True)  # after the checks: an error stays the only line
     prep = Preprocessing.from_checkpoint(ckpt)
     return Session(model=model, ckpt=ckpt, checkpoint=path, prep=prep, class_names=class_names, device=device,
                    files=[e.path for e, _ in kept], labels=[e.label for e, _ in kept],
