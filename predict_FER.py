@@ -1,6 +1,6 @@
 """Find faces in photos and videos, classify their expressions, and optionally show why (Grad-CAM).
 
-    python predict_FER.py photo.jpg holiday/ "shots/*.png" clip.mp4           # newest models/*.pt
+    python predict_FER.py photo.jpg holiday/ "shots/*.png" clip.mp4           # newest FER model or the shipped one
     python predict_FER.py --checkpoint models/resnet34_demo.pt --cam gradcam group.jpg
     python predict_FER.py --detector none --format csv data/fer2013/test      # pre-cropped faces
     python predict_FER.py --every 5 --out runs/clip clip.mp4                  # every 5th frame
