@@ -282,7 +282,9 @@ def test_missing_checkpoint_exits_2_with_a_hint(photos, tmp_path, monkeypatch, c
     args = get_args_parser().parse_args(["--checkpoint", str(tmp_path / "nope.pt"), image])
     assert run_main(main, args) == 2
     assert "train_resnet34.py" in capsys.readouterr().err
-    monkeypatch.chdir(tmp_path)  # no models/ here: the default checkpoint is missing too
+    monkeypatch.chdir(tmp_path)  # no models/ here, and (as in a clone without it) no shipped model
+    from expression import checkpoint
+    monkeypatch.setattr(checkpoint, "SHIPPED_MODEL", tmp_path / "no_shipped_model.pt")
     assert run_main(main, get_args_parser().parse_args([image])) == 2
     assert "train_resnet34.py" in capsys.readouterr().err
 
