@@ -123,7 +123,7 @@ def load_session(path, threads: int = 0):
 # Preprocessing: must equal expression.data.Preprocessing (tests/test_export.py checks it)
 
 
-# A copy of expression/images.py (this file imports nothing from the project); tests/test_export.py
+# A copy of expression/images.py (this file imports nothing from the project); tests/test_images.py
 # checks the two agree on every image mode.
 HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -153,9 +153,7 @@ def standard_image(img: Image.Image, alpha: str = "drop") -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat = Image.alpha_composite(white, rgba).convert("RGB")
         return flat.convert("L") if gray else flat
-    if img.mode == "P":
-        return img.convert("RGB")
-    return img.convert("RGB")  # RGB, CMYK, YCbCr, LAB, HSV
+    return img.convert("RGB")  # RGB, P, CMYK, YCbCr, LAB, HSV
 
 
 def scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:

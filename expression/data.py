@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .augment import random_erase, random_rotate_scale
 from .cli import UsageError
-from .images import standard_image
+from .images import GRAY_MODES, standard_image
 
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -174,8 +174,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 def _decode_for_training(path, img_size: int) -> np.ndarray:
     """(S, S) uint8 for a grayscale image, (S, S, 3) for colour: gray files stay one channel in memory."""
-    img = standard_image(load_pil(path))
-    gray = img.mode == "L"
+    img = load_pil(path)
+    gray = img.mode in GRAY_MODES  # pixels() below converts it once, with standard_image
     pixels = Preprocessing(img_size, color="gray" if gray else "rgb").pixels(img)
     if pixels.ndim == 3 and (pixels == pixels[..., :1]).all():
         return pixels[..., 0]  # an RGB or palette file of gray pixels: keep one channel, lose nothing

@@ -94,7 +94,7 @@ def train_one_epoch(model, loader, criterion, optimizer, device, progress=False,
             if progress:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     if not torch.isfinite(loss_sum):  # a GPU run between checks, or gradients that overflowed
-        raise NonFiniteLoss(seen and step, float(loss_sum))
+        raise NonFiniteLoss(step, float(loss_sum))
     return EpochResult(loss_sum.item() / seen, correct.item() / seen, seen)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+GRAY_MODES = ("1", "L", "LA", "La", *HIGH_DEPTH_MODES)  # the modes standard_image turns into "L"
 
 
 def standard_image(img: Image.Image, alpha: str = "drop") -> Image.Image:
@@ -40,9 +41,7 @@ def standard_image(img: Image.Image, alpha: str = "drop") -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat = Image.alpha_composite(white, rgba).convert("RGB")
         return flat.convert("L") if gray else flat
-    if img.mode == "P":
-        return img.convert("RGB")
-    return img.convert("RGB")  # RGB, CMYK, YCbCr, LAB, HSV
+    return img.convert("RGB")  # RGB, P, CMYK, YCbCr, LAB, HSV
 
 
 def scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
