@@ -30,10 +30,11 @@ from expression.cli import (ArgumentParser, UsageError, fraction, non_negative_f
                             positive_float, positive_int, resolve_device, run_main, use_progress_bars)
 from expression.data import (Augmentation, InMemoryLoader, Preprocessing, check_splits, decode_split,
                              stratified_split)
-from expression.engine import NonFiniteLoss, evaluate, train_one_epoch
+from expression.engine import NonFiniteLoss, train_one_epoch
 from expression.io import ensure_writable_dir, write_json
-from expression.model import build_model, unwrap
+from expression.model import build_model
 from expression.recipe import preset_help
+from expression.training import TrainingState, evaluate_all
 
 ARCH = "resnet34"
 DEMO_ROOT = Path("data/demo")
@@ -251,29 +252,11 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
         mix = functools.partial(mix_batch, num_classes=len(class_names), generator=augment_gen,
                                 mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)
     ema = recipe.ModelEma(model, args.ema) if args.ema else None
-    eval_model = ema.module if ema else model  # what is validated, tested and saved
-    history, start_epoch, best = [], 0, None
+    state = TrainingState(model, optimizer, schedule, ema, order_gen, augment_gen, dist_info)
     if resume:
-        model.load_state_dict(resume["model"], strict=True)
-        optimizer.load_state_dict(resume["optimizer"])
-        if resume.get("schedule"):  # states written before schedules existed ran at a constant rate
-            schedule.load_state_dict(resume["schedule"])
-        if ema and resume.get("ema"):
-            ema.load_state_dict(resume["ema"])
-        elif ema:  # EMA switched on at resume time: start the average from the resumed weights
-            ema.module.load_state_dict(model.state_dict())
-        best = resume.get("best")
-        order_gen.set_state(resume["rng"]["order"])
-        augment_states = resume["rng"]["augment"]
-        if len(augment_states) == dist_info.world_size:
-            augment_gen.set_state(augment_states[dist_info.rank])
-        elif rank0:
-            print(f"note: resuming with {dist_info.world_size} process(es) instead of {len(augment_states)}: "
-                  f"augmentation draws will differ from an uninterrupted run")
-        torch.set_rng_state(resume["rng"]["torch"])
-        history, start_epoch = list(resume["history"]), int(resume["epoch"])
+        note = state.load_state_dict(resume)
         if rank0:
-            print(f"resuming {args.resume} after epoch {start_epoch}")
+            print(f"resuming {args.resume} after epoch {state.epoch}" + (f"\nnote: {note}" if note else ""))
 
     train_model = model
     if dist_info.enabled:
@@ -281,21 +264,13 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     train_model = recipe.maybe_compile(train_model, args.compile)
 
-    def save_state(epoch: int) -> None:
-        augment_states = [augment_gen.get_state()]
-        if dist_info.enabled:
-            augment_states = [None] * dist_info.world_size
-            torch.distributed.all_gather_object(augment_states, augment_gen.get_state())
-        if not rank0:
-            return
-        state = checkpoint.model_record(model, preprocessing, arch=ARCH, class_names=class_names,
-                                        args=vars(args), epoch=epoch, fmt=checkpoint.STATE_FORMAT,
-                                        metrics=history[-1] if history else {})
-        state.update(optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
-                     ema=ema.state_dict() if ema else None, best=best, history=history,
-                     rng={"order": order_gen.get_state(), "augment": augment_states,
-                          "torch": torch.get_rng_state()})
-        checkpoint.save(state, run_dir / "checkpoint.pt")
+    def save_state() -> None:
+        saved = state.state_dict()  # on every rank: it gathers the augmentation streams
+        if rank0:
+            record = checkpoint.model_record(model, preprocessing, arch=ARCH, class_names=class_names,
+                                             args=vars(args), epoch=state.epoch, fmt=checkpoint.STATE_FORMAT,
+                                             metrics=state.history[-1] if state.history else {})
+            checkpoint.save({**record, **saved}, run_dir / "checkpoint.pt")
 
     if rank0:
         write_json(run_dir / "args.json", vars(args))
@@ -304,14 +279,13 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
               f"{args.img_size} px {preprocessing.color}, weights {args.weights}, recipe {args.recipe}, "
               f"device {device}" + (f" x {dist_info.world_size} processes" if dist_info.enabled else ""))
     if not resume:
-        save_state(0)  # Ctrl-C during the first epoch still leaves something to resume from
+        save_state()  # Ctrl-C during the first epoch still leaves something to resume from
 
-    final = None
-    epoch = start_epoch
     evaluate_on = functools.partial(evaluate_all, device=device, dist_info=dist_info, progress=progress,
                                     amp_dtype=amp_dtype)
+    final, epoch = None, state.epoch
     try:
-        for epoch in range(start_epoch + 1, args.epochs + 1):
+        for epoch in range(state.epoch + 1, args.epochs + 1):
             started = time.perf_counter()
             try:
                 trained = train_one_epoch(train_model, train_loader, criterion, optimizer, device, progress,
@@ -326,20 +300,19 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
             row = dict(epoch=epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6))
             val_line = ""
             if val_loader:
-                checked = evaluate_on(eval_model, val_loader, desc="val")
+                checked = evaluate_on(state.eval_model, val_loader, desc="val")
                 schedule.epoch_end(checked.loss)
+                state.remember_if_best(epoch, checked.acc)
                 row.update(val_loss=round(checked.loss, 6), val_acc=round(checked.acc, 6))
                 val_line = f"val loss {checked.loss:.4f} acc {checked.acc:6.2%}  "
-                if best is None or checked.acc > best["val_acc"]:
-                    best = {"epoch": epoch, "val_acc": checked.acc,
-                            "model": {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}}
-            final = evaluate_on(eval_model, test_loader)  # reported only: nothing is chosen on it
+            final = evaluate_on(state.eval_model, test_loader)  # reported only: nothing is chosen on it
             row.update(test_loss=round(final.loss, 6), test_acc=round(final.acc, 6), lr=schedule.lr,
                        seconds=round(time.perf_counter() - started, 2))
-            history.append(row)
-            save_state(epoch)
+            state.history.append(row)
+            state.epoch = epoch
+            save_state()
             if rank0:
-                report.write_metrics_csv(run_dir / "metrics.csv", history)
+                report.write_metrics_csv(run_dir / "metrics.csv", state.history)
                 print(f"epoch {epoch:>3}/{args.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2%}  "
                       f"{val_line}test loss {final.loss:.4f} acc {final.acc:6.2%}  ({row['seconds']:.1f} s)",
                       flush=True)
@@ -349,8 +322,9 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
                   f"(continues after epoch {epoch - 1})", file=sys.stderr)
         return 130
 
+    eval_model, history, best = state.eval_model, state.history, state.best
     chosen = history[-1] if history else None
-    if best is not None and best["epoch"] != epoch:  # validation chose an earlier epoch than the last one
+    if best is not None and best["epoch"] != state.epoch:  # validation chose an earlier epoch than the last
         eval_model = copy.deepcopy(eval_model)
         eval_model.load_state_dict(best["model"])
         chosen = next(row for row in history if row["epoch"] == best["epoch"])
@@ -360,14 +334,6 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
     if rank0:
         write_outputs(args, run_dir, eval_model, preprocessing, class_names, history, chosen, final)
     return 0
-
-
-def evaluate_all(model, loader, device, dist_info, progress, amp_dtype=None, desc="test"):
-    """Evaluate the plain module (DDP's forward would sync buffers; ranks hold unequal shards here)."""
-    distributed.sync_buffers(unwrap(model), dist_info)  # every rank scores the model rank 0 saves
-    indices = loader.indices()
-    result = evaluate(unwrap(model), loader, device, progress, desc=desc, amp_dtype=amp_dtype)
-    return distributed.gather_evaluation(result, indices, len(loader.labels), dist_info)
 
 
 def write_outputs(args, run_dir: Path, model, preprocessing, class_names, history, chosen, final) -> None:

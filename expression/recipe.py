@@ -10,11 +10,13 @@ epoch, 96 px input, ImageNet normalisation). Flags given on the command line win
 """
 from __future__ import annotations
 
-import copy
-import math
+import re
+import warnings
 
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
+from torch.optim.swa_utils import AveragedModel
 
 from .cli import UsageError
 from .data import IMAGENET_MEAN, IMAGENET_STD, SEED_MEAN, SEED_STD, SEED_TRANSLATE
@@ -107,80 +109,95 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float 
 
 
 class LrSchedule:
-    """Per-step learning-rate factor on top of each group's base rate, with linear warm-up.
+    """The learning rate of every optimizer step, made of torch.optim.lr_scheduler parts.
 
-    constant  1 after warm-up (the seed: no warm-up, so exactly the base rate)
-    cosine    half-cosine from 1 to 0 over the steps after warm-up (Loshchilov & Hutter 2017)
-    onecycle  cosine rise from 1/25 to 1 over the warm-up (30 % of training if none is given), then
-              cosine decay to 1/25e4 (Smith & Topin 2018; torch's OneCycleLR without momentum cycling)
-    plateau   1 after warm-up, times `plateau_factor` whenever the watched validation loss has not
-              improved for `plateau_patience` epochs (needs a validation split)
+    constant  LinearLR warm-up, then the base rate (the seed: no warm-up, so exactly the base rate)
+    cosine    LinearLR warm-up, then CosineAnnealingLR from 1 to 0 (Loshchilov & Hutter 2017)
+    onecycle  OneCycleLR: cosine rise from 1/25 to 1 over the warm-up (30 % of training if none is
+              given), then cosine decay towards 1/25e4 (Smith & Topin 2018), momentum not cycled
+    plateau   LinearLR warm-up, then ReduceLROnPlateau: times `plateau_factor` whenever the validation
+              loss has not improved for `plateau_patience` epochs (needs a validation split)
+
+    Factors are relative to each group's base rate; `step()` runs after every optimizer step and
+    `epoch_end(val_loss)` after each validation. The saved state is the step count, the rates and the
+    plateau counters: plain numbers that `torch.load(weights_only=True)` reads in any torch version
+    (some releases pickle functions inside OneCycleLR's own state). Loading replays the steps, which
+    is exact because every per-step schedule here is a function of the step number alone.
     """
 
     def __init__(self, optimizer, kind: str, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0.0,
                  plateau_factor: float = 0.1, plateau_patience: int = 2):
         if kind not in SCHEDULES:
-            raise UsageError(f"unknown schedule {kind!r}: choose one of {', '.join(SCHEDULES)}")
+            raise ValueError(f"unknown schedule {kind!r}: choose one of {', '.join(SCHEDULES)}")
         self.optimizer, self.kind = optimizer, kind
         self.total = max(1, steps_per_epoch * epochs)
         warmup = round(warmup_epochs * steps_per_epoch)
         if kind == "onecycle" and warmup == 0:
             warmup = round(0.3 * self.total)
         self.warmup = min(warmup, self.total - 1)
-        self.base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
-        self.plateau_factor, self.plateau_patience = plateau_factor, plateau_patience
-        self.steps, self.scale, self.best, self.bad_epochs = 0, 1.0, math.inf, 0
-        self._apply()
+        self.steps = 0
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.per_step = self._per_step_schedule(kind)
+        # torch's plateau rule cuts when the bad epochs exceed `patience`; ours when they reach it.
+        self.plateau = (lr_scheduler.ReduceLROnPlateau(optimizer, factor=plateau_factor,
+                                                       patience=plateau_patience - 1, threshold=1e-4,
+                                                       threshold_mode="abs")
+                        if kind == "plateau" else None)
 
-    def factor(self, step: int) -> float:
-        """Multiplier of the base rate for optimizer step number `step` (0-based)."""
-        if self.kind == "onecycle":
-            if step < self.warmup:
-                return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * step / self.warmup))
-            progress = (step - self.warmup) / max(1, self.total - self.warmup)
-            floor = 1 / 25e4
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        if self.kind == "cosine":
-            progress = (step - self.warmup) / max(1, self.total - self.warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return self.scale  # constant (scale stays 1) and plateau
-
-    def _apply(self) -> None:
-        factor = self.factor(self.steps)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
+    def _per_step_schedule(self, kind: str):
+        opt, warmup, total = self.optimizer, self.warmup, self.total
+        if kind == "onecycle":
+            # One step more than training takes, placed so the peak is step `warmup` and the floor
+            # would be reached one step after the last: every step of training has a rate above it.
+            return lr_scheduler.OneCycleLR(opt, max_lr=[group["lr"] for group in opt.param_groups],
+                                           total_steps=total + 1, pct_start=(warmup + 1) / (total + 1),
+                                           anneal_strategy="cos", div_factor=25, final_div_factor=1e4,
+                                           cycle_momentum=False)
+        # (step + 1) / (warmup + 1): linear, never 0, the base rate at step `warmup`.
+        warm = lr_scheduler.LinearLR(opt, start_factor=1 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+        if kind != "cosine":
+            return warm  # after its last iteration LinearLR leaves the rate alone
+        decay = lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup)
+        return lr_scheduler.SequentialLR(opt, [warm, decay], milestones=[warmup]) if warmup else decay
 
     def step(self) -> None:
         """After each optimizer step: set the rate for the next one."""
         self.steps += 1
-        self._apply()
+        if self.steps <= self.total:  # OneCycleLR refuses steps beyond its length
+            self.per_step.step()
 
     def epoch_end(self, val_loss: float | None) -> None:
-        """Plateau bookkeeping; other schedules ignore it."""
-        if self.kind != "plateau" or val_loss is None or self.steps < self.warmup:
-            return
-        if val_loss < self.best - 1e-4:
-            self.best, self.bad_epochs = val_loss, 0
-        else:
-            self.bad_epochs += 1
-            if self.bad_epochs >= self.plateau_patience:
-                self.scale *= self.plateau_factor
-                self.bad_epochs = 0
-        self._apply()
+        """Plateau bookkeeping, once warm-up is over; other schedules ignore it."""
+        if self.plateau is not None and val_loss is not None and self.steps >= self.warmup:
+            self.plateau.step(val_loss)
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs}
+        return {"steps": self.steps, "scale": self.lr / self.base_lrs[0],
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps, self.scale = int(state["steps"]), float(state["scale"])
-        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
-        self._apply()
+        """Rebuild the per-step schedule on this run's base rates (a resume with a new --lr uses it:
+        the optimizer's saved groups carry the old one), replay the saved steps, then apply the
+        plateau's cuts."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = group["initial_lr"] = base
+        self.steps = 0
+        self.per_step = self._per_step_schedule(self.kind)
+        with warnings.catch_warnings():  # replaying without optimizer steps is the point here
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
+            for _ in range(int(state["steps"])):
+                self.step()
+        if self.plateau is not None:
+            if state.get("plateau") is not None:
+                self.plateau.load_state_dict(state["plateau"])
+            else:  # a state written by the hand-made schedule of earlier versions
+                self.plateau.best, self.plateau.num_bad_epochs = float(state["best"]), int(state["bad_epochs"])
+            for group in self.optimizer.param_groups:
+                group["lr"] *= float(state["scale"])  # the cuts so far (1 during warm-up)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -201,40 +218,46 @@ def build_criterion(label_smoothing: float = 0.0, weight: torch.Tensor | None = 
 # Exponential moving average of the weights
 
 
-class ModelEma:
-    """A copy of the model whose parameters and BatchNorm statistics follow the trained ones as
-    ema = d * ema + (1 - d) * current after every step (Polyak averaging; timm's ModelEmaV2 also
-    averages buffers). The decay ramps up as min(decay, (1 + t) / (10 + t)) so that a short run's
-    average is not dominated by the random initialisation."""
+class ModelEma(AveragedModel):
+    """torch's AveragedModel as an exponential moving average of the parameters and BatchNorm
+    statistics: ema = d * ema + (1 - d) * current after every step (Polyak averaging; timm's
+    ModelEmaV2 also averages buffers). The decay ramps up as min(decay, (1 + t) / (10 + t)) so that a
+    short run's average is not dominated by the random initialisation; integer buffers
+    (num_batches_tracked) are copied. `module` is the averaged network that is evaluated and saved."""
 
     def __init__(self, model: nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval()
+        super().__init__(unwrap(model), avg_fn=self._average, use_buffers=True)
+        self.decay = decay
+        self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self.decay, self.updates = decay, 0
+        # AveragedModel's first update copies the model; doing it now makes update t (0-based) the
+        # t-th average, with n_averaged = t + 1.
+        self.update_parameters(unwrap(model))
+
+    @property
+    def updates(self) -> int:
+        return int(self.n_averaged) - 1
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
+    def _average(self, averaged: torch.Tensor, current: torch.Tensor, n_averaged) -> torch.Tensor:
+        if not averaged.is_floating_point():
+            return current
+        return averaged.lerp(current.to(averaged.dtype), 1 - self.current_decay())
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
-        current = unwrap(model).state_dict()
-        for name, ema_value in self.module.state_dict().items():
-            value = current[name].detach()
-            if ema_value.is_floating_point():
-                ema_value.mul_(d).add_(value.to(ema_value.dtype), alpha=1 - d)
-            else:  # num_batches_tracked
-                ema_value.copy_(value)
-        self.updates += 1
+        self.update_parameters(unwrap(model))
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict:  # the checkpoint's format since before AveragedModel: plain tensors
         return {"model": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
                 "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["model"], strict=True)
-        self.updates = int(state["updates"])
+        self.n_averaged.fill_(int(state["updates"]) + 1)
 
 
 def maybe_compile(model: nn.Module, enabled: bool, backend: str = "inductor") -> nn.Module:

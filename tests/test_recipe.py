@@ -146,6 +146,31 @@ def test_schedule_state_round_trips():
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] != 1.0
 
 
+def test_plateau_cuts_and_counters_survive_a_resume():
+    sched, opt = schedule_for("plateau", lr=0.1)
+    for loss in (1.0, 1.1, 1.2, 1.3):  # one cut after two bad epochs, one bad epoch counted since
+        sched.epoch_end(loss)
+        for _ in range(10):
+            sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    again, opt2 = schedule_for("plateau", lr=0.1)
+    again.load_state_dict(sched.state_dict())
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.01)
+    sched.epoch_end(1.4), again.epoch_end(1.4)  # the second bad epoch since the cut: both cut again
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_a_resumed_schedule_follows_the_new_base_rate():
+    """--resume with a new --lr: the saved optimizer groups carry the old rate, the schedule the new."""
+    sched, opt = schedule_for("onecycle", lr=1.0)
+    for _ in range(7):
+        sched.step()
+    again, opt2 = schedule_for("onecycle", lr=2.0)
+    opt2.load_state_dict(opt.state_dict())  # what resuming does first
+    again.load_state_dict(sched.state_dict())
+    assert opt2.param_groups[0]["lr"] == pytest.approx(2 * opt.param_groups[0]["lr"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loss, class balance, validation split
 
