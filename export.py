@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from expression.checkpoint import load_model, newest_model
+from expression.checkpoint import add_checkpoint_argument, choose_model, describe_model, load_model
 from expression.cli import ArgumentParser, UsageError, positive_int, run_main
 from expression.data import Preprocessing
 from expression.io import atomic_path, ensure_writable_dir
@@ -58,8 +58,7 @@ def opset_range(exporter: str) -> tuple[int, int]:
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", default="newest",
-                        help="model file to export; 'newest' = the newest MODELS_DIR/*.pt")
+    add_checkpoint_argument(parser)
     parser.add_argument("--out", default="beside",
                         help="ONNX file to write; 'beside' = the checkpoint's path with suffix .onnx")
     parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset version")
@@ -69,7 +68,7 @@ def get_args_parser() -> ArgumentParser:
                         help="after export, compare onnxruntime (CPU) logits with PyTorch on generated faces")
     parser.add_argument("--check-samples", type=positive_int, default=14,
                         help="generated faces for --check (run as one batch, then the first one alone)")
-    parser.add_argument("--models-dir", default="models", help="where --checkpoint newest looks")
+    parser.add_argument("--models-dir", default="models", help="where the default --checkpoint looks")
     return parser
 
 
@@ -237,13 +236,17 @@ def main(args) -> int:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise UsageError("--check needs onnxruntime: pip install -r requirements-export.txt") from None
-    checkpoint = newest_model(args.models_dir) if args.checkpoint == "newest" else Path(args.checkpoint)
+    named = None if args.checkpoint == "newest" else args.checkpoint  # 'newest': the old spelling of the default
+    # Without --checkpoint: the user's newest model only. The shipped one is exported by naming it,
+    # so that a default run never writes into models/shipped/.
+    checkpoint, reason = choose_model(named, args.models_dir, shipped=False)
     out = checkpoint.with_suffix(".onnx") if args.out == "beside" else Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder: give a file name such as {out / (checkpoint.stem + '.onnx')}")
     if out.resolve() == checkpoint.resolve():
         raise UsageError(f"--out {out} would overwrite the checkpoint: give it a .onnx name")
     model, ckpt = load_model(checkpoint, "cpu")
+    print(describe_model(checkpoint, ckpt, reason), file=sys.stderr)
     ensure_writable_dir(out.parent, "output")
     export_onnx(model, ckpt, out, source=checkpoint.name, opset=args.opset, exporter=args.exporter)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, opset {args.opset}, {args.exporter} exporter, "

@@ -153,9 +153,10 @@ def checkpoint_path(arg) -> Path:
     return choose_model(arg)[0]
 
 
-def choose_model(arg=None, models_dir="models", *, real_photos: bool = False) -> tuple[Path, str]:
+def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
+                 shipped: bool = True) -> tuple[Path, str]:
     """-> (model file, why it was chosen). Without `arg`: the newest `models_dir/*.pt`, then the shipped
-    FER2013 model. With `real_photos` (the user's own pictures), models trained on the drawn demo
+    FER2013 model (unless `shipped` is False). With `real_photos` (the user's own pictures), models trained on the drawn demo
     faces are passed over: their predictions on real faces are meaningless, and nobody should get
     them without asking for that file by name."""
     if arg:
@@ -167,13 +168,14 @@ def choose_model(arg=None, models_dir="models", *, real_photos: bool = False) ->
             continue
         return path, f"the newest model in {models_dir}/"
     skipped = f"; passed over {', '.join(passed_over)} (drawn demo faces)" if passed_over else ""
-    if SHIPPED_MODEL.is_file():
+    if shipped and SHIPPED_MODEL.is_file():
         return SHIPPED_MODEL, f"the shipped FER2013 model{skipped}"
     if passed_over:
         raise UsageError(f"only demo-face models in {models_dir}/ ({', '.join(passed_over)}), which cannot read "
                          f"real faces: train on FER2013, or pass --checkpoint {models_dir}/{passed_over[0]} "
                          f"to use it anyway")
-    raise UsageError(f"no model in {models_dir}/ and no shipped model at {SHIPPED_MODEL}: {TRAIN_HINT}")
+    raise UsageError(f"no model in {models_dir}/" + (f" and no shipped model at {SHIPPED_MODEL}" if shipped else "")
+                     + f": {TRAIN_HINT}")
 
 
 def open_model(arg, device="cpu", *, real_photos: bool = False):
