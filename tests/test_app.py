@@ -1,0 +1,304 @@
+"""The browser app's handlers (expression/webapp.py, app.py) without a browser: the same records as
+predict_FER.py, the chosen explanation and the attention map, concurrent requests, bad input.
+
+Only the tests that build the gradio page need gradio (requirements-app.txt); they skip without it.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+import app as app_script
+import predict_FER
+from expression import prediction, webapp
+from expression.data import FER2013_CLASSES
+from expression.prediction import FacePredictor
+from expression.webapp import BadInput, WebApp, read_image
+from gradcam import attention_maps, explain
+
+FIELDS = {"source", "frame", "face", "box", "label", "probabilities", "true_label", "annotated", "note"}
+FACE_CENTRE = (225, 114)  # the astronaut's face in the 512 px photo (see tests/test_predict.py)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def files_under(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header says width x height: what a decompression bomb looks like to Image.open."""
+    import io
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    astro = skimage.data.astronaut()
+    Image.fromarray(astro).save(root / "astronaut.png")
+    Image.fromarray(astro).convert("L").resize((300, 300)).save(root / "astronaut_small_gray.jpg")
+    Image.fromarray(skimage.data.coffee()).save(root / "coffee.png")
+    Image.new("RGB", (1, 1), (200, 180, 160)).save(root / "one_pixel.png")
+    (root / "notes.txt").write_text("not a picture\n")
+    (root / "empty.png").write_bytes(b"")
+    full = (root / "astronaut.png").read_bytes()
+    (root / "truncated.png").write_bytes(full[:len(full) // 3])
+    (root / "bomb.png").write_bytes(png_claiming(100_000, 100_000))  # 10 gigapixels: PIL refuses at open
+    (root / "big_header.png").write_bytes(png_claiming(8000, 6000))  # 48 MP: under PIL's limit, over ours
+    return root
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("app_out")
+
+
+@pytest.fixture(scope="module")
+def app(random_checkpoint, out_dir):
+    return WebApp.from_checkpoint(random_checkpoint, out_dir=out_dir)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# One pipeline with predict_FER.py
+
+
+def test_astronaut_gives_predict_FER_records(app, photos, random_checkpoint, tmp_path):
+    result = app.analyse(str(photos / "astronaut.png"))
+    assert len(result.records) == 1
+    record = result.records[0]
+    assert set(record) == FIELDS and record["source"] == "astronaut.png" and record["note"] is None
+    x, y, w, h = record["box"]
+    assert abs(x + w / 2 - FACE_CENTRE[0]) <= 15 and abs(y + h / 2 - FACE_CENTRE[1]) <= 15
+    assert list(record["probabilities"]) == list(FER2013_CLASSES)
+    assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
+    assert read_jsonl(result.records_path) == result.records  # the download is these records
+    assert (app.out_dir / record["annotated"]).is_file()
+
+    out = tmp_path / "predict"
+    assert predict_FER.main(predict_FER.get_args_parser().parse_args(
+        ["--checkpoint", str(random_checkpoint), "--out", str(out), "--quiet", str(photos / "astronaut.png")])) == 0
+    written = read_jsonl(out / "predictions.jsonl")[0]
+    assert set(written) == set(record)
+    assert written["box"] == record["box"] and written["label"] == record["label"]
+    assert written["probabilities"] == pytest.approx(record["probabilities"], abs=1e-5)
+
+
+def test_annotated_photo_is_drawings_annotate(app, photos):
+    from dataclasses import replace
+
+    from expression.drawing import annotate
+    result = app.analyse(str(photos / "astronaut.png"), method="none", attention=False)
+    item = FacePredictor(app.model, app.ckpt).analyse(skimage.data.astronaut(), source="astronaut.png")
+    np.testing.assert_array_equal(result.annotated, annotate(replace(item, heats=None), app.class_names))
+
+
+def test_defaults_come_from_the_prediction_module(app):
+    assert webapp.DEFAULT_CAM_LAYER == prediction.DEFAULT_CAM_LAYER
+    assert webapp.DEFAULT_CAM_METHOD == getattr(prediction, "DEFAULT_CAM_METHOD", "gradcam")
+    assert webapp.DEFAULT_CAM_METHOD in app.methods and webapp.DEFAULT_CAM_LAYER in app.layers
+    assert app.stages == ["layer1", "layer2", "layer3", "layer4"]
+    assert app.layers == app.stages + (["fused"] if hasattr(prediction, "FUSED_LAYERS") else [])
+    assert app.methods == tuple(prediction.CAMS)
+
+
+def test_a_fused_map_takes_the_attention_of_the_finest_stage(app, photos):
+    if "fused" not in app.layers:
+        pytest.skip("expression.prediction has no fused maps (FUSED_LAYERS) in this version")
+    result = app.analyse(str(photos / "astronaut.png"), method="gradcam", layer="fused")
+    assert result.heats.shape == (1, 48, 48) and 0 <= result.heats.min() and result.heats.max() <= 1
+    assert app.attention_layer("fused") == "layer1" and app.attention_layer("layer3") == "layer3"
+
+
+@pytest.mark.parametrize("method,layer", [("gradcampp", "layer2"), ("gradcam", "layer4")])
+def test_explanation_and_attention_are_the_librarys_maps(app, photos, method, layer):
+    result = app.analyse(str(photos / "astronaut.png"), method=method, layer=layer, attention=True)
+    item = FacePredictor(app.model, app.ckpt).analyse(skimage.data.astronaut())
+    x = app.classifier("none", layer).prep.to_tensor(item.crops)
+    expected = explain(app.model, x, layers=(layer,), methods=(method,)).maps[f"{method}/{layer}"].numpy()
+    np.testing.assert_allclose(result.heats, expected, atol=1e-5)
+    np.testing.assert_allclose(result.attention, attention_maps(app.model, x, layers=(layer,)).maps[layer].numpy(),
+                               atol=1e-6)
+    panel, caption = result.panels[0]
+    assert caption.startswith(f"face 1: {result.records[0]['label']} ")
+    plain = app.analyse(str(photos / "astronaut.png"), method="none", attention=False)
+    assert plain.heats is None and plain.attention is None
+    assert panel.shape[1] == plain.panels[0][0].shape[1] + 2 * (webapp.TILE + 6)  # two more tiles
+
+
+def test_examples_are_written_at_start_up(app):
+    names = [p.name for p in app.examples]
+    assert names == ["astronaut.png", "demo_faces.png"]
+    assert all(p.parent == app.out_dir / "examples" for p in app.examples)
+    counts = [len(app.analyse(str(p), method="none", attention=False).records) for p in app.examples]
+    assert counts == [1, 3]
+
+
+def test_whole_image_mode_is_one_face(app, photos):
+    result = app.analyse(str(photos / "astronaut_small_gray.jpg"), method="none", attention=False, whole_image=True)
+    assert [r["box"] for r in result.records] == [[0, 0, 300, 300]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Concurrency
+
+
+def test_simultaneous_requests_give_what_each_gives_alone(app, photos):
+    paths = [str(photos / "astronaut.png"), str(app.examples[1])]
+    alone = [app.analyse(p) for p in paths]
+    for _ in range(3):
+        barrier, results, errors = threading.Barrier(len(paths)), [None] * len(paths), []
+
+        def work(i):
+            try:
+                barrier.wait()
+                results[i] = app.analyse(paths[i])
+            except Exception as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(paths))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for mine, reference in zip(results, alone):
+            assert [r["box"] for r in mine.records] == [r["box"] for r in reference.records]
+            assert [r["probabilities"] for r in mine.records] == [r["probabilities"] for r in reference.records]
+            np.testing.assert_allclose(mine.heats, reference.heats, atol=1e-6)
+            np.testing.assert_allclose(mine.attention, reference.attention, atol=1e-6)
+            assert mine.records_path != reference.records_path
+    assert len(alone[1].records) == 3
+
+
+def test_the_model_work_holds_the_lock(app, photos, monkeypatch):
+    seen = []
+    real = prediction.classify
+
+    def spy(items, classifier):
+        seen.append(app.lock.locked())
+        return real(items, classifier)
+
+    monkeypatch.setattr(prediction, "classify", spy)
+    app.analyse(str(photos / "astronaut.png"))
+    assert seen == [True] and not app.lock.locked()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: a message in the page, the server goes on, nothing written outside --out
+
+
+BAD = [
+    ("notes.txt", "is not an image"),
+    ("empty.png", "is empty"),
+    ("truncated.png", "damaged"),
+    ("bomb.png", "too large"),
+    ("big_header.png", "too large (8000x6000 px)"),
+]
+
+
+@pytest.mark.parametrize("name,words", BAD)
+def test_bad_files_are_a_message(app, photos, name, words):
+    before_inputs, before_requests = files_under(photos), sorted(app.requests_dir.iterdir())
+    photo, panels, records_file, status, warning = app.respond(str(photos / name))
+    assert photo is None and panels is None and records_file is None
+    assert words in status and status.startswith("**Could not analyse this file:**") and name in warning
+    assert files_under(photos) == before_inputs  # nothing written beside the upload
+    assert sorted(app.requests_dir.iterdir()) == before_requests  # and nothing for the refused request
+    assert app.respond(str(photos / "astronaut.png"))[0] is not None  # the next request is served
+
+
+@pytest.mark.parametrize("name,words", [("one_pixel.png", "1x1 px, smaller than the smallest face"),
+                                        ("coffee.png", "no face found")])
+def test_no_face_is_a_message_and_a_record(app, photos, name, words):
+    photo, panels, records_file, status, warning = app.respond(str(photos / name))
+    assert words in status and words in warning and panels is None
+    assert photo.shape[0] >= 256  # the annotated copy, enlarged like predict_FER.py's
+    assert read_jsonl(records_file) == [{"source": name, "frame": None, "face": None, "box": None, "label": None,
+                                         "probabilities": None, "true_label": None,
+                                         "annotated": read_jsonl(records_file)[0]["annotated"],
+                                         "note": "no face found"}]
+    assert Path(records_file).resolve().is_relative_to(app.out_dir.resolve())
+
+
+def test_pixel_limit_and_bad_choices(photos, random_checkpoint, tmp_path):
+    small = WebApp.from_checkpoint(random_checkpoint, out_dir=tmp_path / "out", max_pixels=100_000)
+    with pytest.raises(BadInput, match="too large .512x512 px.; the limit is 0.1 megapixels"):
+        small.analyse(str(photos / "astronaut.png"))
+    assert small.analyse(str(photos / "one_pixel.png")).records[0]["note"] == "no face found"
+    with pytest.raises(BadInput, match="unknown layer 'fc'"):
+        small.analyse(str(photos / "one_pixel.png"), method="gradcam", layer="fc")
+    with pytest.raises(BadInput, match="unknown explanation"):
+        small.analyse(str(photos / "one_pixel.png"), method="magic")
+    assert small.respond(None)[3] == webapp.WAITING
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"examples", "requests"}
+
+
+def test_an_internal_error_is_a_message_too(app, photos, monkeypatch):
+    monkeypatch.setattr(app, "_attention", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    status, warning = app.respond(str(photos / "astronaut.png"))[3:]
+    assert "internal error (RuntimeError: boom)" in status and not app.lock.locked()
+
+
+def test_read_image_any_mode(photos, tmp_path):
+    rgba = np.dstack([skimage.data.astronaut(), np.full((512, 512), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((20, 30), 65535, np.uint16)).save(tmp_path / "sixteen.png")
+    assert read_image(tmp_path / "rgba.png").shape == (512, 512, 3)
+    assert (read_image(tmp_path / "sixteen.png") == 255).all()
+    assert read_image(photos / "astronaut_small_gray.jpg").shape == (300, 300, 3)
+
+
+def test_old_request_folders_are_deleted(photos, random_checkpoint, tmp_path):
+    small = WebApp.from_checkpoint(random_checkpoint, out_dir=tmp_path, keep_requests=2)
+    paths = [small.analyse(str(photos / "one_pixel.png")).records_path.parent for _ in range(3)]
+    assert sorted(small.requests_dir.iterdir()) == paths[1:]
+
+
+def test_upload_names_cannot_leave_the_output_folder(app, photos):
+    result = app.analyse(skimage.data.astronaut(), method="none", attention=False, name="../../etc/pass wd.png")
+    annotated = (app.out_dir / result.records[0]["annotated"]).resolve()
+    assert annotated.is_relative_to(app.requests_dir.resolve()) and annotated.name == "pass_wd_annotated.jpg"
+
+
+# ---------------------------------------------------------------------------------------------------
+# app.py and the gradio page
+
+
+def test_app_flags():
+    args = app_script.get_args_parser().parse_args([])
+    assert (args.host, args.port, args.share, args.checkpoint, args.out) == ("127.0.0.1", 7860, False, None, "runs/app")
+    assert "--checkpoint" in app_script.get_args_parser().format_help()
+
+
+def test_page_builds_and_passes_any_upload_on(app, photos, tmp_path, monkeypatch):
+    gr = pytest.importorskip("gradio", reason="the page needs gradio: pip install -r requirements-app.txt")
+    from gradio.data_classes import FileData
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    demo, theme = webapp.build_interface(app)
+    assert isinstance(demo, gr.Blocks) and demo.analytics_enabled is False
+    upload = next(b for b in demo.blocks.values() if type(b).__name__ == "UploadImage")
+    assert upload.get_block_name() == "image" and upload.sources == ["upload", "webcam"]
+    assert upload.preprocess(FileData(path=str(photos / "notes.txt"), orig_name="notes.txt")) == \
+        str(photos / "notes.txt")  # gr.Image alone would raise PIL's UnidentifiedImageError here
+    assert "googleapis" not in json.dumps(theme._get_theme_css() if hasattr(theme, "_get_theme_css") else "")
+    fonts = [f.name if hasattr(f, "name") else str(f) for f in theme._font]
+    assert fonts == ["system-ui", "sans-serif"]
