@@ -17,6 +17,12 @@ a centred Gaussian blob) on a class-balanced set of test faces:
         --images data/demo-corner-happy/test --target true --methods gradcam,gradcampp,layercam
     python evaluate_explanations.py --checkpoint models/resnet34_fer2013.pt --images data/fer2013/test \\
         --limit 512 --baseline mean --road
+    python evaluate_explanations.py --checkpoint models/resnet34_demo.pt --images data/demo/test --limit 70 \\
+        --methods layercam,hirescam --layers layer1 --tta-maps flip,tencrop      # maps averaged over TTA views
+
+Besides method x layer maps, every CAM method's layers fused into one map (layer "fused", --no-fuse
+to skip) and the layer-free guidedbackprop / fullgrad maps (layer "input") are scored; the column
+"trusted" says which maps beat both baselines and pass the randomisation check.
 
 The scoring itself is gradcam/evaluation.py (score_explanations), the files expression/explanation_report.py.
 
@@ -39,14 +45,29 @@ from expression.data import Preprocessing
 from expression.explain_figures import DEFAULT_LAYERS, check_layers, name_list, select_images
 from expression.explanation_report import load_masks, plot_cascade, plot_curves, write_csv, write_markdown
 from expression.io import ensure_writable_dir, write_json
+from expression.tta import TTA_MODES, tta_geometry
 from gradcam import METHODS
-from gradcam.evaluation import progress_total, score_explanations
+from gradcam.evaluation import progress_total, score_explanations, split_key
 from gradcam.metrics import BASELINES, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, POINTING_TIES
 
-# Score-CAM needs one extra forward pass per channel and image (960 per face over the four stages):
-# it is available with --methods but left out of the default.
-DEFAULT_METHODS = tuple(m for m in METHODS if m != "scorecam")
+# Score-CAM and Ablation-CAM need one extra forward pass per channel and image (960 per face over the
+# four stages, and again for every stage of the sanity check): available with --methods, left out of
+# the default.
+SLOW_METHODS = ("scorecam", "ablationcam")
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in SLOW_METHODS)
 DEFAULT_LIMIT = 256
+
+
+def tta_list(text: str) -> tuple[str, ...]:
+    """argparse type: 'flip,tencrop' -> ('flip', 'tencrop'); 'none' -> ()."""
+    modes = tuple(m for m in name_list(text) if m != "none")
+    bad = [m for m in modes if m not in TTA_MODES]
+    if bad:
+        raise ValueError(f"unknown TTA mode {bad[0]}")
+    return modes
+
+
+tta_list.__name__ = "comma-separated TTA modes (flip, tencrop, none)"
 
 
 def get_args_parser() -> ArgumentParser:
@@ -60,6 +81,13 @@ def get_args_parser() -> ArgumentParser:
                         help=f"comma-separated CAM methods, any of {', '.join(METHODS)}")
     parser.add_argument("--layers", type=name_list, default=",".join(DEFAULT_LAYERS), metavar="L1,L2",
                         help="comma-separated module names to explain")
+    parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score each CAM method's --layers fused into one map (mean of the per-layer "
+                             "normalised maps, as pytorch-grad-cam combines layers), layer 'fused'")
+    parser.add_argument("--tta-maps", type=tta_list, default="none", metavar="M1,M2",
+                        help="also score the maps averaged over the classifier's test-time-augmentation views "
+                             "(flip, tencrop; each view's map mapped back to the face), as method@mode; "
+                             "'none' = off. Costs a pass per view, also in the sanity check")
     parser.add_argument("--target", choices=("predicted", "true"), default="predicted",
                         help="class to explain and score: the predicted one or the true label (needs class "
                              "sub-folders). The pointing game always uses only images whose target is the "
@@ -125,7 +153,9 @@ def main(args) -> int:
         corner = None
     print(model_line, file=sys.stderr, flush=True)  # after the checks: an error stays the only line
 
-    bar = tqdm(total=progress_total(len(pixels), args.batch_size, args.methods, args.layers, args.sanity),
+    tta = {mode: tta_geometry(mode, prep.img_size) for mode in args.tta_maps}
+    bar = tqdm(total=progress_total(len(pixels), args.batch_size, args.methods, args.layers, args.sanity,
+                                    args.fuse, tta),
                desc="evaluating", unit="map", disable=not use_progress_bars(args.quiet), leave=False)
     try:
         scores = score_explanations(
@@ -133,7 +163,7 @@ def main(args) -> int:
             std=prep.std, explain_true_class=args.target == "true", masks=masks, has_mask=has_mask,
             batch_size=args.batch_size, baseline=args.baseline, blur_sigma=args.blur_sigma, steps=args.steps,
             road_scores=args.road, pointing_ties=args.pointing_ties, sanity=args.sanity, seed=args.seed,
-            progress=bar)
+            progress=bar, fuse=args.fuse, tta=tta)
     except ValueError as err:
         raise UsageError(str(err).splitlines()[0]) from None
     finally:
@@ -150,12 +180,14 @@ def main(args) -> int:
         write_csv(paths[-1], ["method", "layer", "class", "n", "pointing_game", "energy_pointing_game"],
                   per_class_rows)
 
+    # the layers as given, then "input" (pixel methods) and "fused" when present
+    plot_layers = list(dict.fromkeys([*args.layers, *(split_key(k)[1] for k in scores.keys if "/" in k)]))
     cascade_rows = scores.cascade_rows()
     if args.sanity:
         paths.append(out_dir / "randomisation.csv")
         write_csv(paths[-1], ["method", "layer", "step", "stage", "randomised", "spearman"], cascade_rows)
         paths.append(out_dir / "randomisation.png")
-        plot_cascade(paths[-1], cascade_rows, args.layers, scores.stages)
+        plot_cascade(paths[-1], cascade_rows, plot_layers, scores.stages)
 
     chance = float(masks[has_mask].mean()) if masks is not None else None
     targets, label_arr = scores.targets, scores.labels
@@ -166,7 +198,7 @@ def main(args) -> int:
     _, table = write_markdown(paths[1], args, checkpoint, n, columns, rows, per_class_rows, cascade_rows, chance,
                           corner, accuracy)
     paths.insert(2, out_dir / "deletion_insertion.png")
-    plot_curves(paths[2], scores, args.layers, args.steps, args.baseline, prep.img_size)
+    plot_curves(paths[2], scores, plot_layers, args.steps, args.baseline, prep.img_size)
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
     record["checkpoint"] = str(checkpoint)
     paths.append(out_dir / "args.json")

@@ -10,17 +10,25 @@ Preprocessing (size, colour, mean/std) comes from the checkpoint, so any image s
     python gradcam_FER.py --images face.jpg --layers layer3,layer4 --target happy
 
 Writes <out>/gradcam_grid.png (or gradcam_grid_001.png, ... for more than --rows-per-file faces).
+Panel titles carry a tick where the explanation report (evaluate_explanations.py on the demo faces)
+found the method and layer faithful at the model's input size (expression.prediction.TRUSTED_MAPS).
 """
 from __future__ import annotations
 
 import sys
 
 from expression.cli import ArgumentParser, UsageError, run_main
-from gradcam import METHODS, explain
+from expression.prediction import TRUSTED_MAPS
+from gradcam import METHODS, explain, map_keys
 from expression.explain_figures import Batch, add_common_args, draw_grids, name_list, prepare, print_paths, \
     resolve_targets, run_batches, save_maps, summary
 
 GRID = "gradcam_grid"
+
+
+def size_text(feature_sizes, layer: str) -> str:
+    """'12x12' for a layer; the layer-free pixel maps are at the input's size."""
+    return "x".join(map(str, feature_sizes[layer])) if layer in feature_sizes else "pixels"
 
 
 def get_args_parser() -> ArgumentParser:
@@ -45,8 +53,12 @@ def main(args) -> int:
 
     result = run_batches(compute, session, args.batch_size, "grad-cam")
     # Methods side by side per layer, so the eye compares Grad-CAM with Grad-CAM++ at equal resolution.
-    panels = [(f"{method}/{layer}", f"{layer} {'x'.join(map(str, result.feature_sizes[layer]))}\n{method}")
-              for layer in args.layers for method in args.methods]
+    # A tick marks the maps the explanation report trusts at this input size (TRUSTED_MAPS).
+    trusted = TRUSTED_MAPS.get(session.prep.img_size, ())
+    keys = map_keys(args.methods, args.layers)
+    panels = [(key, f"{layer} {size_text(result.feature_sizes, layer)}\n{method}"
+                    f"{' ✓' if (method, layer) in trusted else ''}")
+              for key in keys for method, layer in [key.split("/", 1)]]
     paths = draw_grids(session, result, panels, args, GRID)
     if args.save_maps:
         paths.append(save_maps(args.save_maps, session, result))

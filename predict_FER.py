@@ -39,7 +39,7 @@ from expression.cli import (ArgumentParser, UsageError, non_negative_int, number
 from expression.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
                               DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector)
 from expression.io import ensure_writable_dir, write_json
-from expression.prediction import (CAMS, DEFAULT_CAM_LAYER, Classifier, OutputNames, Predictor, Stats,
+from expression.prediction import (CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, Classifier, OutputNames, Predictor, Stats,
                                    find_sources, process_all)
 from expression.prediction_outputs import RecordWriter
 
@@ -67,11 +67,13 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--margin", type=number_in(0.0, MAX_MARGIN), default=DEFAULT_MARGIN,
                         help="context added on each side of a face box before classification, as a fraction "
                              "of the box (FER2013 crops show brow to chin)")
-    parser.add_argument("--cam", default="none", choices=CAMS,
-                        help="blend this explanation of the predicted class over each face in the annotated "
-                             "output")
+    parser.add_argument("--cam", nargs="?", default="none", const=DEFAULT_CAM_METHOD, choices=CAMS,
+                        help=f"blend this explanation of the predicted class over each face in the annotated "
+                             f"output; --cam alone = {DEFAULT_CAM_METHOD} (the map the explanation report "
+                             f"trusts at 48 px)")
     parser.add_argument("--cam-layer", default=DEFAULT_CAM_LAYER,
-                        help="network stage explained by --cam (at 48 px: layer2 6x6, layer3 3x3, layer4 2x2)")
+                        help="network stage explained by --cam (at 48 px: layer1 12x12, layer2 6x6, layer3 3x3, "
+                             "layer4 2x2), or 'fused' for layer1..layer4 fused into one map")
     parser.add_argument("--every", type=positive_int, default=1,
                         help="process every N-th video (or webcam) frame")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="faces per forward pass")

@@ -12,10 +12,16 @@ ResNet34 (7 classes, eval mode) on FER-size 48x48 faces (one gray channel repeat
 
 The same run checks that (a) equals (b) (max abs difference, tolerance --tol) and (c).
 
+With --per-method (d): every gradcam method alone at layer1..layer4 (the layer-free guidedbackprop and
+fullgrad once), the layer1..layer4 fusion, and the default map averaged over the flip and tencrop
+test-time-augmentation views, each timed on the first --method-n images in images/s. Score-CAM and
+Ablation-CAM take one forward pass per channel and image, so they get --slow-n images.
+
 Examples:
     python bench/cam_throughput.py                          # N=512, batch 64, GPU if there is one
     python bench/cam_throughput.py --n 32 --seed-n 8        # a quick check that it runs
     python bench/cam_throughput.py --device cpu --threads 2 --skip-seed-loop
+    python bench/cam_throughput.py --n 64 --skip-seed-loop --per-method --method-n 64 --slow-n 2
 """
 import argparse
 import time
@@ -43,7 +49,42 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seed-n", type=int, default=64, help="images timed for the seed loop (c)")
     parser.add_argument("--tol", type=float, default=1e-5, help="max abs difference accepted for (a) vs (b)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for weights and images")
+    parser.add_argument("--per-method", action="store_true", help="also time every method alone (d)")
+    parser.add_argument("--method-n", type=int, default=64, help="images per method in (d)")
+    parser.add_argument("--slow-n", type=int, default=4, help="images for Score-CAM and Ablation-CAM in (d)")
     return parser
+
+
+def run_per_method(model, images, args, device):
+    """(d): images/s of each method alone, of the fusion and of the TTA-averaged default map."""
+    from expression.prediction import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD
+    from expression.tta import tta_geometry
+    from gradcam import EXTRA_PASSES, METHODS as ALL_METHODS, explain_views
+
+    slow = ("scorecam", "ablationcam")
+    rows = []
+    for method in ALL_METHODS:
+        n = min(args.slow_n if method in slow else args.method_n, len(images))
+        def job(x, method=method):
+            for s in range(0, len(x), args.batch_size):
+                explain(model, x[s:s + args.batch_size], layers=LAYERS, methods=(method,),
+                        scorecam_batch_size=args.batch_size)
+        _, t = timed(job, device, images[:n])
+        rows.append((method, "layer1..layer4" if method not in ("guidedbackprop", "fullgrad") else "input",
+                     n, n / t, EXTRA_PASSES.get(method, "shared forward + backward")))
+    n = min(args.method_n, len(images))
+    _, t = timed(lambda x: explain(model, x, layers=LAYERS, methods=("layercam",), fuse=True), device, images[:n])
+    rows.append(("layercam + fused", "layer1..layer4", n, n / t, "fusion adds no pass"))
+    for mode in ("flip", "tencrop"):
+        views = tta_geometry(mode, images.shape[-1])
+        _, t = timed(lambda x: explain_views(model, x, views, layers=(DEFAULT_CAM_LAYER,),
+                                             methods=(DEFAULT_CAM_METHOD,)), device, images[:n])
+        rows.append((f"{DEFAULT_CAM_METHOD}@{mode}", DEFAULT_CAM_LAYER, n, n / t,
+                     f"{len(views)} views in one forward + backward"))
+    print("(d) one method at a time:")
+    print(f"    {'method':<22} {'layers':<15} {'images':>6} {'images/s':>9}  extra cost")
+    for method, layers, n, r, cost in rows:
+        print(f"    {method:<22} {layers:<15} {n:>6} {rate(r)}  {cost}")
 
 
 def sync(device: torch.device) -> None:
@@ -180,6 +221,8 @@ def main(args):
             "tests/test_gradcam_reference.py for the float64 check")
         print(f"check (a) vs (b): max |diff| = {diff:.2e} over {args.n * len(ours)} maps "
               f"(tolerance {args.tol:g}): {verdict}")
+    if args.per_method:
+        run_per_method(model, images, args, device)
     if not args.skip_seed_loop:
         print(f"check (a) vs (c): max |diff| = {max_diff(seed, ours):.2e} over {seed_n * len(seed)} maps "
               "(same formulas; float32 round-off of batched vs single-image convolutions)")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gradcam.evaluation import COLUMNS, ExplanationScores, nanmean, split_key
+from gradcam.evaluation import COLUMNS, SANITY_MAX_RHO, ExplanationScores, nanmean, split_key
 from gradcam.metrics import BASELINE_MAPS, step_counts
 
 from .cli import UsageError
@@ -130,7 +130,9 @@ def write_markdown(path, args, checkpoint, n, columns, rows, per_class_rows, cas
         + "; a constant map scores chance), counted only on images whose explained class is the true class; energy "
         "pointing: share of the map's mass inside the mask. rand. rho: Spearman correlation between the trained "
         "model's map and the map after re-initialising the top stage only / the explained layer and everything above it (Adebayo et al. "
-        "2018); a map that passes the sanity check drops well below 1.",
+        "2018); a map that passes the sanity check drops well below 1. trusted: beats both baselines on deletion "
+        "(and on pointing, where there are masks) and both rho columns that were measured are below "
+        f"{SANITY_MAX_RHO} (without the sanity check only the baselines are compared).",
     ]
     if chance is not None:
         lines += ["", f"Chance level for the pointing games: the evidence masks cover {chance:.3f} of the image "

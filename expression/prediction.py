@@ -26,12 +26,26 @@ from .drawing import annotate
 from .faces import DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE, \
     DEFAULT_MIN_NEIGHBORS, FaceDetector, crop_faces, image_to_rgb
 from .prediction_outputs import ImageSink, VideoSink
+from gradcam.methods import FUSED, INPUT_LAYER, METHODS, PIXEL_METHODS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-CAMS = ("none", "gradcam", "gradcampp")
-# At 48 px input ResNet34's layer3 is 3x3 and layer4 2x2: layer3 is the deepest stage that still
-# separates the brow/eye band from the mouth band, and deep enough to be class-specific.
-DEFAULT_CAM_LAYER = "layer3"
+# Any gradcam.explain method ("none" = no map). Score-CAM and Ablation-CAM cost one forward pass per
+# channel and face (a few seconds a face on a CPU at layer4); the others one pass or two.
+CAMS = ("none",) + METHODS
+# The map --cam shows by default (and the browser app imports): chosen on evaluate_explanations.py's
+# demo-face table (README, "Which map to trust at 48 px"). At 48 px layer3 (3x3) and layer4 (2x2) maps
+# point at the evidence less often than a centred blob; the 12x12 layer1 maps localise. LayerCAM and
+# Grad-CAM++ point best there but fail the randomisation check (their maps barely change when fc is
+# re-initialised: they show the image, not the class); HiResCAM at layer1 beats both baselines on
+# pointing and deletion and its maps decorrelate (rho about 0) once the model is randomised.
+DEFAULT_CAM_METHOD = "hirescam"
+DEFAULT_CAM_LAYER = "layer1"
+# (method, layer) maps the report found faithful (beating the random and centre baselines on pointing
+# and deletion) and passing the randomisation check, per input size: gradcam_FER.py ticks them.
+TRUSTED_MAPS = {48: (("hirescam", "layer1"), ("xgradcam", "layer1"), ("xgradcam", "layer2"),
+                     ("gradcam", "layer2"), ("hirescam", "layer2"))}
+# --cam-layer fused: these stages fused into one map at layer1's resolution (gradcam.fuse_layers).
+FUSED_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 NO_FACE = "no face found"
 PENDING_PIXELS = 64_000_000  # images held for annotation before a batch is forced (~190 MB RGB)
 
@@ -105,6 +119,27 @@ class OutputNames:
 # Model
 
 
+def cam_layers(model, ckpt: dict, cam: str, layer: str) -> tuple[tuple, str]:
+    """--cam, --cam-layer -> (layers to explain, key of the map shown). `layer` is a module name,
+    "fused" (FUSED_LAYERS fused into one map) or, for the layer-free guidedbackprop and fullgrad,
+    anything (their map is at the input)."""
+    modules = dict(model.named_modules())
+    stages = [name for name, _ in model.named_modules() if name and "." not in name]
+    if cam in PIXEL_METHODS and cam != "guidedgradcam":
+        last = [name for name in FUSED_LAYERS if name in modules][-1:] or stages[-1:]
+        return tuple(last), f"{cam}/{INPUT_LAYER}"
+    if layer == FUSED:
+        missing = [name for name in FUSED_LAYERS if name not in modules]
+        if missing:
+            raise ValueError(f"{FUSED} fuses {', '.join(FUSED_LAYERS)}, but this {ckpt['arch']} has no "
+                             f"{', '.join(missing)}: name one layer instead")
+        return FUSED_LAYERS, f"{cam}/{FUSED}"
+    if layer not in modules:
+        raise ValueError(f"{layer} is not a module of this {ckpt['arch']}: use one of "
+                         f"{', '.join(stages)}, {FUSED} (or a dotted name such as layer3.5.conv2)")
+    return (layer,), f"{cam}/{layer}"
+
+
 class Classifier:
     """Crops -> (probabilities (N, C) numpy, heat maps (N, S, S) in [0, 1] or None), in batches."""
 
@@ -115,10 +150,9 @@ class Classifier:
         self.class_names = list(ckpt["class_names"])
         self.cam, self.cam_layer = cam, cam_layer
         if cam != "none":
-            layers = [name for name, _ in model.named_modules() if name and "." not in name]
-            if cam_layer not in dict(model.named_modules()):
-                raise ValueError(f"{cam_layer} is not a module of this {ckpt['arch']}: use one of "
-                                 f"{', '.join(layers)} (or a dotted name such as layer3.5.conv2)")
+            if cam not in CAMS:
+                raise ValueError(f"unknown CAM method {cam!r}: choose one of {', '.join(CAMS)}")
+            self._layers, self._key = cam_layers(model, ckpt, cam, cam_layer)
             from gradcam import explain  # imported only when needed: pulls in the CAM machinery
             self._explain = explain
 
@@ -131,9 +165,10 @@ class Classifier:
                     probs.append(torch.softmax(self.model(x).float(), dim=1).cpu())
             else:
                 # one forward + backward gives both the prediction and its explanation
-                res = self._explain(self.model, x, layers=(self.cam_layer,), methods=(self.cam,))
+                res = self._explain(self.model, x, layers=self._layers, methods=(self.cam,),
+                                    fuse=self.cam_layer == FUSED)
                 probs.append(res.probs.float().cpu())
-                heats.append(res.maps[f"{self.cam}/{self.cam_layer}"].numpy())
+                heats.append(res.maps[self._key].numpy())
         if not probs:
             return np.zeros((0, len(self.class_names))), None
         return torch.cat(probs).double().numpy(), (np.concatenate(heats) if heats else None)

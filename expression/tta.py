@@ -46,6 +46,22 @@ def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return crops + [crop.flip(3) for crop in crops]
 
 
+def tta_geometry(mode: str, size: int) -> list:
+    """The views of `tta_views` as gradcam.views.View geometry (same order), so CAMs of the views can be
+    mapped back to the face and averaged (gradcam.views.explain_views); tests check the two agree."""
+    from gradcam.views import View
+
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown TTA mode {mode!r}: choose one of {', '.join(TTA_MODES)}")
+    if mode == "none":
+        return [View()]
+    if mode == "flip":
+        return [View(), View(flip=True)]
+    big = math.ceil(size * TENCROP_SCALE)
+    crops = [View(frame=big, top=top, left=left) for top, left in ten_crop_offsets(size, big)]
+    return crops + [View(frame=big, top=v.top, left=v.left, flip=True) for v in crops]
+
+
 def tta_probs(model, images: torch.Tensor, mode: str = "none") -> torch.Tensor:
     """Softmax probabilities (N, K) averaged over the mode's views, in float32."""
     views = tta_views(images, mode)

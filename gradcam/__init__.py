@@ -16,18 +16,25 @@ Example::
     face = (x[0, 0] * 255).byte().numpy()
     rgb = overlay(face, res.maps["gradcam/layer3"][0].numpy(), colormap="jet", alpha=0.5)
 
-Modules: ``base`` (hooks, pass, normalisation), ``methods`` (Grad-CAM family, ``explain``),
-``scorecam``, ``attention``, ``overlay``.
+Modules: ``base`` (hooks, pass, normalisation), ``methods`` (Grad-CAM family, Eigen-CAM, fusion,
+``explain``), ``scorecam`` and ``ablationcam`` (extra forward passes), ``pixel`` (guided backprop,
+Guided Grad-CAM, FullGrad: their own backward pass), ``views`` (maps averaged over test-time
+augmentation views), ``attention``, ``overlay``.
 """
 from .attention import AttentionResult, attention_maps
 from .base import UPSAMPLE_MODES, BaseCAM, CAMResult, LayerHooks
-from .methods import (GRADIENT_METHODS, METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM,
-                      XGradCAM, explain)
+from .ablationcam import AblationCAM
+from .methods import (EXTRA_PASSES, FUSED, GRADIENT_METHODS, INPUT_LAYER, METHODS, PIXEL_METHODS, EigenCAM,
+                      GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, explain, fuse_layers, map_keys)
+from .pixel import fullgrad, guided_backprop, guided_gradcam
+from .views import View, apply_view, average_views, explain_views, map_back
 from .overlay import colorize, overlay
 from .scorecam import ScoreCAM
 
 __all__ = [
     "explain", "attention_maps", "overlay", "colorize", "METHODS", "GRADIENT_METHODS",
     "UPSAMPLE_MODES", "CAMResult", "AttentionResult", "LayerHooks", "BaseCAM", "GradCAM",
-    "GradCAMPlusPlus", "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM",
+    "GradCAMPlusPlus", "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM", "EigenCAM", "AblationCAM",
+    "PIXEL_METHODS", "EXTRA_PASSES", "FUSED", "INPUT_LAYER", "map_keys", "fuse_layers", "guided_backprop",
+    "guided_gradcam", "fullgrad", "View", "apply_view", "map_back", "average_views", "explain_views",
 ]

@@ -32,7 +32,8 @@ Example::
         logits = hooks(images)                     # one forward pass, activations recorded
     hooks.activations["layer4"].shape              # (N, 512, 2, 2) for 48 px input
 """
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -136,6 +137,19 @@ def prepare_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise ValueError("images is an empty batch")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     return images.detach().to(device=model_device(model, images.device), dtype=dtype)
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode for the duration (BatchNorm must not see explanation batches), every module's flag
+    restored after, also on exceptions."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 class LayerHooks:
@@ -277,6 +291,8 @@ class PassContext:
     targets: torch.Tensor         # (N,) long
     logits: torch.Tensor          # (N,classes) from the main forward pass
     upsample: str
+    layer: str = ""               # the layer being explained (set per layer by BaseCAM.run)
+    module: Optional[nn.Module] = None  # its module, for methods that re-run it changed (Ablation-CAM)
 
 
 @dataclass
@@ -360,10 +376,11 @@ class BaseCAM:
                         raise ValueError(f"layer(s) {missing} do not influence the output")
             logits = logits.detach()
             hooks.remove()  # Score-CAM's extra forward passes must not overwrite the records
-            ctx = PassContext(model, x.detach(), target_idx, logits, upsample)
+            base_ctx = PassContext(model, x.detach(), target_idx, logits, upsample)
             maps, raw_maps, sizes = {}, {}, {}
             with torch.no_grad():
                 for layer in hooks.layers:
+                    ctx = replace(base_ctx, layer=layer, module=hooks.modules[layer])
                     acts = at_least_float32(hooks.activations[layer])
                     grads = at_least_float32(hooks.gradients[layer]) if need_grad else None
                     sizes[layer] = tuple(acts.shape[-2:])

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .methods import explain
+from .methods import explain, map_keys
+from .views import explain_views
 from .metrics import (BASELINE_MAPS, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, baseline_maps, confidence_change,
                       energy_pointing_game, make_baseline, perturbation_curves, pointing_game, road)
 from .sanity import cascading_randomization, randomization_stages
@@ -34,6 +35,26 @@ COLUMNS = (
     ("randomisation_rho_layer", "rand. rho (own layer)", "lower"),
 )
 
+# A map "passes" the cascading randomisation check when its Spearman correlation with the trained
+# model's map stays below this once fc alone, and once its own layer and all above it, are random
+# (Adebayo et al. 2018 ask for a clear drop; 0.5 leaves a map that shares under a quarter of its
+# rank variance with the original).
+SANITY_MAX_RHO = 0.5
+
+
+def trusted(row: dict, baselines: list, sanity_max_rho: float = SANITY_MAX_RHO) -> str:
+    """"yes" when the row beats every baseline row on deletion (lower) and, where there are masks, on
+    pointing (higher), and passes the randomisation check (both rho columns that exist below
+    `sanity_max_rho`); "no" otherwise; "" for the baselines themselves or when nothing was measured."""
+    if row["method"] in BASELINE_MAPS or math.isnan(row["deletion_auc"]):
+        return ""
+    ok = all(row["deletion_auc"] < b["deletion_auc"] for b in baselines)
+    if not math.isnan(row["pointing_game"]):
+        ok = ok and all(row["pointing_game"] > b["pointing_game"] for b in baselines)
+    if not math.isnan(row["randomisation_rho_top"]):  # the sanity check ran
+        rhos = [row[c] for c in ("randomisation_rho_top", "randomisation_rho_layer") if not math.isnan(row[c])]
+        ok = ok and all(r < sanity_max_rho for r in rhos)
+    return "yes" if ok else "no"
 
 
 class Accumulator:
@@ -64,10 +85,38 @@ def split_key(key: str):
 
 
 
-def progress_total(n: int, batch_size: int, methods, layers, sanity: bool) -> int:
+def variant_key(key: str, variant: str) -> str:
+    """"gradcam/layer1", "flip" -> "gradcam@flip/layer1": the variant joins the method, so tables and
+    plots keep grouping by layer."""
+    method, layer = split_key(key)
+    return f"{method}@{variant}/{layer}"
+
+
+def report_keys(methods, layers, fuse: bool = False, tta=None) -> list:
+    """Every map key `score_explanations` scores, in report order (baselines last)."""
+    keys = map_keys(methods, layers, fuse)
+    for name in (tta or {}):
+        keys += [variant_key(k, name) for k in map_keys(methods, layers, fuse)]
+    return keys + list(BASELINE_MAPS)
+
+
+def progress_total(n: int, batch_size: int, methods, layers, sanity: bool, fuse: bool = False, tta=None) -> int:
     """How many `progress.update(1)` calls `score_explanations` makes."""
-    keys = len(methods) * len(layers) + len(BASELINE_MAPS)
-    return math.ceil(n / batch_size) * (keys + int(sanity))
+    return math.ceil(n / batch_size) * (len(report_keys(methods, layers, fuse, tta)) + int(sanity))
+
+
+def explain_all(model, images, layers, methods, targets=None, fuse: bool = False, tta=None,
+                scorecam_batch_size: int = 64):
+    """``explain`` plus, for every `tta` entry (name -> list of gradcam.views.View), the same maps averaged
+    over those views (keys "method@name/layer"), all explaining the same targets. One object with .maps
+    and .targets/.probs of the plain pass; also the cascade's `explain_fn`."""
+    res = explain(model, images, layers=layers, methods=methods, targets=targets, fuse=fuse,
+                  scorecam_batch_size=scorecam_batch_size)
+    for name, views in (tta or {}).items():
+        averaged = explain_views(model, images, views, targets=res.targets, layers=layers, methods=methods,
+                                 fuse=fuse, scorecam_batch_size=scorecam_batch_size)
+        res.maps.update({variant_key(k, name): v for k, v in averaged.maps.items()})
+    return res
 
 
 @dataclass
@@ -98,7 +147,7 @@ class ExplanationScores:
         columns = ["method", "layer", "n_images"] + [c for c, _, _ in COLUMNS[:6]] + ["n_pointing"] + \
             [c for c, _, _ in COLUMNS[6:8]]
         corner_cols = [f"pointing_game_{corner}", f"energy_pointing_game_{corner}"] if corner else []
-        columns += corner_cols + [c for c, _, _ in COLUMNS[8:]]
+        columns += corner_cols + [c for c, _, _ in COLUMNS[8:]] + ["trusted"]
         rows = []
         for key in keys:
             method, layer = split_key(key)
@@ -113,6 +162,9 @@ class ExplanationScores:
                     row[f"{metric}_{corner}"] = nanmean(values[labels == corner_index]) if values is not None \
                         else math.nan
             rows.append(row)
+        baselines = [r for r in rows if r["method"] in BASELINE_MAPS]
+        for row in rows:
+            row["trusted"] = trusted(row, baselines)
         return columns, rows
 
     def per_class_rows(self, class_names) -> list:
@@ -143,14 +195,17 @@ def score_explanations(model, images: torch.Tensor, labels, *, methods, layers, 
                        explain_true_class: bool = False, masks=None, has_mask=None, batch_size: int = 64,
                        baseline: str = "blur", blur_sigma: float = DEFAULT_BLUR_SIGMA, steps: int = DEFAULT_STEPS,
                        road_scores: bool = False, pointing_ties: str = "any", sanity: bool = True, seed: int = 0,
-                       progress=None) -> ExplanationScores:
+                       progress=None, fuse: bool = False, tta=None) -> ExplanationScores:
     """Every metric for every method x layer map (and the random and centre baselines) over batches of
     `images` ((N,3,S,S), normalised with `mean`/`std`, on the CPU; each batch moves to the model's
     device). `labels` are class indices (-1 = unknown); `masks` (N,S,S) bool evidence with `has_mask`
     (N,) for the pointing games. `progress`, if given, gets `.update(1)` once per map key and batch
-    and per cascade (`progress_total` says how many). Bad methods or layers raise ValueError."""
+    and per cascade (`progress_total` says how many). Bad methods or layers raise ValueError. `fuse` adds
+    each CAM method's multi-layer fusion ("method/fused"), `tta` (name -> views) the maps averaged over
+    test-time-augmentation views ("method@name/layer"), scored on the original faces for the same
+    targets."""
     methods, layers = list(methods), list(layers)
-    keys = [f"{m}/{l}" for l in layers for m in methods] + list(BASELINE_MAPS)
+    keys = report_keys(methods, layers, fuse, tta)
     stages = randomization_stages(model) if sanity else []
     acc = Accumulator()
     n = len(images)
@@ -159,7 +214,8 @@ def score_explanations(model, images: torch.Tensor, labels, *, methods, layers, 
         index = list(range(start, min(start + batch_size, n)))
         x = images[start:start + len(index)].to(device)
         wanted = [labels[i] for i in index] if explain_true_class else None
-        res = explain(model, x, layers=layers, methods=methods, targets=wanted, scorecam_batch_size=batch_size)
+        res = explain_all(model, x, layers, methods, targets=wanted, fuse=fuse, tta=tta,
+                          scorecam_batch_size=batch_size)
         targets = res.targets
         full = res.probs.gather(1, targets[:, None])[:, 0]
         maps = dict(res.maps)
@@ -194,7 +250,8 @@ def score_explanations(model, images: torch.Tensor, labels, *, methods, layers, 
         acc.add("_", "label", true)
         if sanity:
             cascade = cascading_randomization(model, x, res.maps, targets, layers, methods,
-                                              stages=stages, seed=seed, scorecam_batch_size=batch_size)
+                                              stages=stages, seed=seed, explain_fn=explain_all, fuse=fuse,
+                                              tta=tta, scorecam_batch_size=batch_size)
             for key in res.maps:
                 acc.add(key, "randomisation_rho_top", cascade.correlation[key][0])
                 acc.add(key, "randomisation_rho_layer", cascade.at_layer(key))

@@ -82,9 +82,9 @@ class Cascade:
 
     def at_layer(self, key: str) -> torch.Tensor:
         """(N,) correlation once the explained layer of `key` ("method/layer") is random; NaN if the
-        layer is in no stage."""
+        layer is in no stage (the layer-free "input" maps, the multi-layer "fused" ones)."""
         corr = self.correlation[key]
-        index = self.stage_of(key.split("/", 1)[1])
+        index = self.stage_of(key.split("/", 1)[1]) if "/" in key else None
         return corr[index] if index is not None else torch.full(corr.shape[1:], float("nan"), dtype=corr.dtype)
 
 
@@ -95,7 +95,9 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, reference: d
 
     `targets` must be the classes the reference maps explain (the randomised model predicts
     something else). `explain_fn` defaults to ``gradcam.explain``; extra keyword arguments
-    (upsample=..., scorecam_batch_size=...) are passed on.
+    (upsample=..., scorecam_batch_size=..., fuse=...) are passed on. Every key of `reference` is
+    compared, so an `explain_fn` that returns more than method x layer maps (fused maps, maps averaged
+    over views) is checked on all of them.
     """
     if explain_fn is None:
         from .methods import explain as explain_fn
@@ -107,7 +109,7 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, reference: d
     targets = torch.as_tensor(targets, dtype=torch.long).cpu().tolist()
     randomized = copy.deepcopy(model)
     modules = dict(randomized.named_modules())
-    keys = [f"{m}/{l}" for m in methods for l in layers]
+    keys = list(reference)
     correlation = {key: torch.empty(len(stages), images.shape[0], dtype=torch.float64) for key in keys}
     for i, stage in enumerate(stages):
         reinitialize_(modules[stage], seed=seed * 1000 + i)

@@ -107,3 +107,50 @@ def test_target_true_needs_labels(tmp_path, image_folder, random_checkpoint, cap
 def test_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
     assert run(["--checkpoint", tmp_path / "none.pt", "--out", tmp_path / "eval"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_report_scores_new_methods_fusion_and_tta(tmp_path, corner_demo, random_checkpoint):
+    out = tmp_path / "eval"
+    code = run(["--checkpoint", random_checkpoint, "--images", corner_demo / "test", "--limit", 3,
+                "--steps", 2, "--methods", "layercam,eigencam,guidedgradcam,fullgrad", "--layers", "layer1,layer4",
+                "--tta-maps", "flip", "--batch-size", 4, "--device", "cpu", "--quiet", "--out", out])
+    assert code == 0
+    rows = read_csv(out / "explanations_report.csv")
+    plain = [("layercam", "layer1"), ("eigencam", "layer1"), ("guidedgradcam", "layer1"), ("layercam", "layer4"),
+             ("eigencam", "layer4"), ("guidedgradcam", "layer4"), ("fullgrad", "input"), ("layercam", "fused"),
+             ("eigencam", "fused")]
+    expected = plain + [(f"{m}@flip", l) for m, l in plain] + [("random", ""), ("centre", "")]
+    assert [(r["method"], r["layer"]) for r in rows] == expected
+    by_key = {(r["method"], r["layer"]): r for r in rows}
+    for key in plain:
+        flip = by_key[(f"{key[0]}@flip", key[1])]
+        assert 0 <= float(flip["deletion_auc"]) <= 1 and flip["randomisation_rho_top"] != ""
+    # own-layer randomisation exists for real layers only; fused and input maps have the top stage
+    assert by_key[("layercam", "layer4")]["randomisation_rho_layer"] != ""
+    assert by_key[("layercam", "fused")]["randomisation_rho_layer"] == ""
+    assert by_key[("fullgrad", "input")]["randomisation_rho_top"] != ""
+    cascade = read_csv(out / "randomisation.csv")
+    assert {(r["method"], r["layer"]) for r in cascade} == set(expected)
+
+
+def test_tta_list_type():
+    assert ee.tta_list("none") == () and ee.tta_list("flip,tencrop") == ("flip", "tencrop")
+    with pytest.raises(ValueError):
+        ee.tta_list("rotate")
+
+
+def test_trusted_rule():
+    from gradcam.evaluation import trusted
+    nan = float("nan")
+    base = [{"method": "random", "deletion_auc": 0.6, "pointing_game": 0.1},
+            {"method": "centre", "deletion_auc": 0.3, "pointing_game": 0.2}]
+    good = {"method": "m", "deletion_auc": 0.2, "pointing_game": 0.5, "randomisation_rho_top": 0.1,
+            "randomisation_rho_layer": 0.0}
+    assert trusted(good, base) == "yes"
+    assert trusted({**good, "deletion_auc": 0.35}, base) == "no"          # loses to the centre blob
+    assert trusted({**good, "pointing_game": 0.15}, base) == "no"
+    assert trusted({**good, "randomisation_rho_top": 0.8}, base) == "no"  # the map ignores fc
+    assert trusted({**good, "randomisation_rho_layer": nan}, base) == "yes"  # fused/input: top stage only
+    assert trusted({**good, "pointing_game": nan, "randomisation_rho_top": nan,
+                    "randomisation_rho_layer": nan}, base) == "yes"       # no masks, no sanity check
+    assert trusted({**base[0], "randomisation_rho_top": 1.0, "randomisation_rho_layer": 1.0}, base) == ""

@@ -271,13 +271,14 @@ def test_targets(resnet):
 
 
 def test_unknown_layer_method_mode(resnet):
-    assert METHODS == ("gradcam", "gradcampp", "hirescam", "xgradcam", "layercam", "scorecam")
+    assert METHODS == ("gradcam", "gradcampp", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam",
+                       "ablationcam", "guidedbackprop", "guidedgradcam", "fullgrad")
     assert GRADIENT_METHODS == METHODS[:5]
     x = torch.randn(1, 3, 48, 48)
     with pytest.raises(ValueError, match=r"layer9.*conv1, layer1, layer2, layer3, layer4.*named_modules"):
         explain(resnet, x, layers=("layer4", "layer9"))
-    with pytest.raises(ValueError, match="gradcam, gradcampp, hirescam, xgradcam, layercam, scorecam"):
-        explain(resnet, x, methods=("gradcam", "eigencam"))
+    with pytest.raises(ValueError, match="gradcam, gradcampp, hirescam, xgradcam, layercam, eigencam"):
+        explain(resnet, x, methods=("gradcam", "eigen-cam"))
     with pytest.raises(ValueError, match="bilinear"):
         explain(resnet, x, upsample="cubic")
     with pytest.raises(ValueError, match="feature map"):
