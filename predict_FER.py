@@ -39,8 +39,8 @@ from expression.cli import (ArgumentParser, UsageError, non_negative_int, number
 from expression.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
                               DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector)
 from expression.io import ensure_writable_dir, write_json
-from expression.prediction import (CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, Classifier, OutputNames, Predictor, Stats,
-                                   find_sources, process_all)
+from expression.prediction import (CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, Classifier, OutputNames, Predictor,
+                                   Stats, find_sources, process_all)
 from expression.prediction_outputs import RecordWriter
 
 MAX_MARGIN = 2.0  # a margin of 2 face widths on every side already makes a crop 5x the face

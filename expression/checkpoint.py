@@ -156,9 +156,9 @@ def checkpoint_path(arg) -> Path:
 def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
                  shipped: bool = True) -> tuple[Path, str]:
     """-> (model file, why it was chosen). Without `arg`: the newest `models_dir/*.pt`, then the shipped
-    FER2013 model (unless `shipped` is False). With `real_photos` (the user's own pictures), models trained on the drawn demo
-    faces are passed over: their predictions on real faces are meaningless, and nobody should get
-    them without asking for that file by name."""
+    FER2013 model (unless `shipped` is False). With `real_photos` (the user's own pictures), models
+    trained on the drawn demo faces are passed over: their predictions on real faces are meaningless,
+    and nobody should get them without asking for that file by name."""
     if arg:
         return Path(arg), "--checkpoint"
     passed_over = []

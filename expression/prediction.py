@@ -26,7 +26,8 @@ from .drawing import annotate
 from .faces import DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE, \
     DEFAULT_MIN_NEIGHBORS, FaceDetector, crop_faces, image_to_rgb
 from .prediction_outputs import ImageSink, VideoSink
-from gradcam.methods import FUSED, INPUT_LAYER, METHODS, PIXEL_METHODS
+from gradcam import explain
+from gradcam.methods import FUSED, INPUT_LAYER, LAYER_FREE_METHODS, METHODS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 # Any gradcam.explain method ("none" = no map). Score-CAM and Ablation-CAM cost one forward pass per
@@ -125,7 +126,7 @@ def cam_layers(model, ckpt: dict, cam: str, layer: str) -> tuple[tuple, str]:
     anything (their map is at the input)."""
     modules = dict(model.named_modules())
     stages = [name for name, _ in model.named_modules() if name and "." not in name]
-    if cam in PIXEL_METHODS and cam != "guidedgradcam":
+    if cam in LAYER_FREE_METHODS:
         last = [name for name in FUSED_LAYERS if name in modules][-1:] or stages[-1:]
         return tuple(last), f"{cam}/{INPUT_LAYER}"
     if layer == FUSED:
@@ -153,8 +154,6 @@ class Classifier:
             if cam not in CAMS:
                 raise ValueError(f"unknown CAM method {cam!r}: choose one of {', '.join(CAMS)}")
             self._layers, self._key = cam_layers(model, ckpt, cam, cam_layer)
-            from gradcam import explain  # imported only when needed: pulls in the CAM machinery
-            self._explain = explain
 
     def __call__(self, crops):
         probs, heats = [], []
@@ -165,7 +164,7 @@ class Classifier:
                     probs.append(torch.softmax(self.model(x).float(), dim=1).cpu())
             else:
                 # one forward + backward gives both the prediction and its explanation
-                res = self._explain(self.model, x, layers=self._layers, methods=(self.cam,),
+                res = explain(self.model, x, layers=self._layers, methods=(self.cam,),
                                     fuse=self.cam_layer == FUSED)
                 probs.append(res.probs.float().cpu())
                 heats.append(res.maps[self._key].numpy())

@@ -119,8 +119,8 @@ class LrSchedule:
               loss has not improved for `plateau_patience` epochs (needs a validation split)
 
     Factors are relative to each group's base rate; `step()` runs after every optimizer step and
-    `epoch_end(val_loss)` after each validation. The saved state is the step count, the rates and the
-    plateau counters: plain numbers that `torch.load(weights_only=True)` reads in any torch version
+    `epoch_end(val_loss)` after each validation. The saved state is the step count, the plateau's
+    cuts (`scale`) and its counters: plain numbers that `torch.load(weights_only=True)` reads in any torch version
     (some releases pickle functions inside OneCycleLR's own state). Loading replays the steps, which
     is exact because every per-step schedule here is a function of the step number alone.
     """
@@ -245,10 +245,12 @@ class ModelEma(AveragedModel):
     def _average(self, averaged: torch.Tensor, current: torch.Tensor, n_averaged) -> torch.Tensor:
         if not averaged.is_floating_point():
             return current
-        return averaged.lerp(current.to(averaged.dtype), 1 - self.current_decay())
+        return averaged.lerp(current.to(averaged.dtype), 1 - self._step_decay)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        # Once per step, not per tensor: reading n_averaged is a device sync on a GPU.
+        self._step_decay = self.current_decay()
         self.update_parameters(unwrap(model))
 
     def state_dict(self) -> dict:  # the checkpoint's format since before AveragedModel: plain tensors

@@ -31,11 +31,11 @@ from .data import UnreadableImage, load_pil
 from .drawing import PALETTE, annotate
 from .faces import FaceDetector, image_to_rgb
 from .io import atomic_path
-from .prediction import CAMS, NO_FACE, Classifier, FacePredictor, records
+from .prediction import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, FUSED_LAYERS, NO_FACE, Classifier, \
+    FacePredictor, records
 from .prediction_outputs import ImageSink, RecordWriter
+from gradcam.methods import FUSED
 
-DEFAULT_CAM_METHOD = getattr(prediction, "DEFAULT_CAM_METHOD", "gradcam")
-DEFAULT_CAM_LAYER = prediction.DEFAULT_CAM_LAYER
 # A 40 MP photo is ~120 MB as RGB, plus copies for drawing: enough for any camera, and the limit
 # is checked on the header, before a decompression bomb can allocate anything.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -196,8 +196,8 @@ class WebApp:
         self.whole_image = FaceDetector("none")
         self.class_names = self.predictor.class_names
         self.stages = stage_names(model)  # where an attention map can be taken
-        fused = getattr(prediction, "FUSED_LAYERS", None)  # predict_FER's --cam-layer fused, where it exists
-        self.layers = self.stages + (["fused"] if fused and set(fused) <= set(self.stages) else [])
+        # predict_FER's --cam-layer fused, where the model has the stages it fuses
+        self.layers = self.stages + ([FUSED] if set(FUSED_LAYERS) <= set(self.stages) else [])
         self.methods = tuple(CAMS)
         self.max_pixels, self.keep_requests = int(max_pixels), int(keep_requests)
         self.out_dir = Path(out_dir)

@@ -116,6 +116,7 @@ _CLASSES: Dict[str, Type[BaseCAM]] = {
 # Methods whose maps are at input resolution and need their own backward pass. guidedbackprop and
 # fullgrad have no layer (key "guidedbackprop/input", "fullgrad/input"); guidedgradcam has one.
 PIXEL_METHODS = ("guidedbackprop", "guidedgradcam", "fullgrad")
+LAYER_FREE_METHODS = ("guidedbackprop", "fullgrad")  # one map per image, at INPUT_LAYER
 INPUT_LAYER = "input"
 METHODS = tuple(_CLASSES) + PIXEL_METHODS
 GRADIENT_METHODS = tuple(name for name, cls in _CLASSES.items() if cls.uses_gradients)
@@ -135,9 +136,9 @@ def map_keys(methods: Sequence[str], layers: Sequence[str], fuse: bool = False) 
     layer-free pixel methods at "input", then method/fused for every CAM method when ``fuse`` and more
     than one layer."""
     layers = [layers] if isinstance(layers, str) else list(layers)
-    layered = [m for m in methods if m not in ("guidedbackprop", "fullgrad")]
+    layered = [m for m in methods if m not in LAYER_FREE_METHODS]
     keys = [f"{m}/{l}" for l in layers for m in layered]
-    keys += [f"{m}/{INPUT_LAYER}" for m in methods if m in ("guidedbackprop", "fullgrad")]
+    keys += [f"{m}/{INPUT_LAYER}" for m in methods if m in LAYER_FREE_METHODS]
     if fuse and len(layers) > 1:
         keys += [f"{m}/{FUSED}" for m in methods if m in _CLASSES]
     return keys

@@ -55,7 +55,6 @@ Example::
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -63,6 +62,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .base import eval_mode  # BatchNorm must not see perturbed batches
 
 BASELINES = ("blur", "zeros", "mean")
 DEFAULT_STEPS = 16
@@ -74,18 +75,6 @@ SCORES = ("probability", "logit")
 
 # ---------------------------------------------------------------------------------------------------
 # Shared helpers
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode for the duration (BatchNorm must not see perturbed batches), flags restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _device_of(model: nn.Module, fallback) -> torch.device:
@@ -224,7 +213,7 @@ def perturbation_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tens
     counts = step_counts(h * w, steps)
     curves = {kind: torch.full((n, steps + 1), float("nan")) for kind in ("deletion", "insertion")}
     kinds = [kind for kind in ("deletion", "insertion") if kind in which]
-    with _eval_mode(model):
+    with eval_mode(model):
         for k, count in enumerate(counts):
             top = position < count  # the `count` highest-ranked pixels
             batch = [torch.where(top, baseline, images) if kind == "deletion" else torch.where(top, images, baseline)
@@ -275,7 +264,7 @@ def confidence_change(model: nn.Module, images: torch.Tensor, maps: torch.Tensor
     targets = _check_maps(images, maps, targets)
     device = _device_of(model, images.device)
     images = images.to(device)
-    with _eval_mode(model):
+    with eval_mode(model):
         if full is None:
             full = target_scores(model, images, targets, score)
         masked = target_scores(model, explanation_images(images, maps, mean, std), targets, score)
@@ -388,7 +377,7 @@ def road(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets,
     morf = torch.empty(n, len(percentages))
     lerf = torch.empty(n, len(percentages))
     both = torch.cat([images, images])
-    with _eval_mode(model):
+    with eval_mode(model):
         for k, pct in enumerate(percentages):
             count = round(pct * h * w)
             removed = torch.cat([position < count, position >= h * w - count])  # MoRF then LeRF

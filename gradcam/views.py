@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import CAMResult, normalize_per_image, resize_maps
+from .base import CAMResult, eval_mode, normalize_per_image, parse_targets, prepare_images, resize_maps
 
 COVER_EPS = 1e-6
 
@@ -99,12 +99,10 @@ def explain_views(model, images: torch.Tensor, views: Sequence[View], targets=No
         raise ValueError(f"views need square images, got {tuple(images.shape[-2:])}")
     batch = torch.cat([apply_view(images, v) for v in views])
     if targets is None:
-        from .base import eval_mode, prepare_images
         with torch.no_grad(), eval_mode(model):
             logits = model(prepare_images(model, batch)).float().cpu()
         targets = logits.softmax(1).view(len(views), n, -1).mean(0).argmax(1).cpu()
     else:
-        from .base import parse_targets
         targets = torch.tensor(parse_targets(targets, n, class_names), dtype=torch.long)
     res = explain_fn(model, batch, targets=targets.repeat(len(views)), class_names=class_names,
                      **explain_kwargs)

@@ -113,7 +113,7 @@ def test_annotated_photo_is_drawings_annotate(app, photos):
 
 def test_defaults_come_from_the_prediction_module(app):
     assert webapp.DEFAULT_CAM_LAYER == prediction.DEFAULT_CAM_LAYER
-    assert webapp.DEFAULT_CAM_METHOD == getattr(prediction, "DEFAULT_CAM_METHOD", "gradcam")
+    assert webapp.DEFAULT_CAM_METHOD == prediction.DEFAULT_CAM_METHOD
     assert webapp.DEFAULT_CAM_METHOD in app.methods and webapp.DEFAULT_CAM_LAYER in app.layers
     assert app.stages == ["layer1", "layer2", "layer3", "layer4"]
     assert app.layers == app.stages + (["fused"] if hasattr(prediction, "FUSED_LAYERS") else [])
