@@ -2,7 +2,6 @@
 'fused' through the prediction pipeline."""
 import numpy as np
 import pytest
-import torch
 
 from expression import prediction
 from expression.checkpoint import load_model
