@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from expression.checkpoint import add_checkpoint_argument, open_model
-from expression.cli import ArgumentParser, UsageError, positive_int, resolve_device, run_main
+from expression.checkpoint import open_model
+from expression.cli import ArgumentParser, add_checkpoint_argument, UsageError, positive_int, resolve_device, run_main
 from expression.io import ensure_writable_dir
 from expression.webapp import DEFAULT_MAX_PIXELS
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from expression import report
-from expression.checkpoint import add_checkpoint_argument, open_model_quietly
-from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_int, resolve_device, run_main,
-                            use_progress_bars)
+from expression.checkpoint import open_model_quietly
+from expression.cli import (ArgumentParser, UsageError, add_checkpoint_argument, non_negative_int, positive_int,
+                            resolve_device, run_main, use_progress_bars)
 from expression.data import InMemoryLoader, Preprocessing, class_folders, decode_split, is_image_file
 from expression.engine import evaluate
 from expression.io import ensure_writable_dir, write_json

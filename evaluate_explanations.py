@@ -38,16 +38,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from expression.checkpoint import add_checkpoint_argument, open_model_quietly
-from expression.cli import (ArgumentParser, UsageError, non_negative_int, positive_float, positive_int,
-                            resolve_device, run_main, use_progress_bars)
+from expression.checkpoint import open_model_quietly
+from expression.cli import (ArgumentParser, UsageError, positive_float, positive_int, resolve_device, run_main,
+                            use_progress_bars)
 from expression.data import Preprocessing
-from expression.explain_figures import DEFAULT_LAYERS, check_layers, name_list, select_images
-from expression.explanation_report import load_masks, plot_cascade, plot_curves, write_csv, write_markdown
-from expression.io import ensure_writable_dir, write_json
+from expression.explain_figures import add_input_args, check_layers, name_list, select_images
+from expression.explanation_report import load_masks, write_report
+from expression.io import ensure_writable_dir
 from expression.tta import TTA_MODES, tta_geometry
 from gradcam import METHODS
-from gradcam.evaluation import progress_total, score_explanations, split_key
+from gradcam.evaluation import progress_total, score_explanations
 from gradcam.metrics import BASELINES, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, POINTING_TIES
 
 # Score-CAM and Ablation-CAM need one extra forward pass per channel and image (960 per face over the
@@ -72,15 +72,10 @@ tta_list.__name__ = "comma-separated TTA modes (flip, tencrop, none)"
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
-    add_checkpoint_argument(parser)
-    parser.add_argument("--images", nargs="+", default=None, metavar="PATH",
-                        help="image files, folders or globs; a folder of class sub-folders gives true labels "
-                             "(default: DATA/test of a --demo checkpoint, else data/fer2013/test)"
-                            )
+    add_input_args(parser, verb="evaluate", limit=DEFAULT_LIMIT,
+                   batch_help="images per forward pass (every perturbation step of a batch is one pass)")
     parser.add_argument("--methods", type=name_list, default=",".join(DEFAULT_METHODS), metavar="M1,M2",
                         help=f"comma-separated CAM methods, any of {', '.join(METHODS)}")
-    parser.add_argument("--layers", type=name_list, default=",".join(DEFAULT_LAYERS), metavar="L1,L2",
-                        help="comma-separated module names to explain")
     parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
                         help="also score each CAM method's --layers fused into one map (mean of the per-layer "
                              "normalised maps, as pytorch-grad-cam combines layers), layer 'fused'")
@@ -92,11 +87,6 @@ def get_args_parser() -> ArgumentParser:
                         help="class to explain and score: the predicted one or the true label (needs class "
                              "sub-folders). The pointing game always uses only images whose target is the "
                              "true class")
-    parser.add_argument("--limit", type=non_negative_int, default=DEFAULT_LIMIT,
-                        help="evaluate at most this many images, taken round-robin over classes in sorted "
-                             "file order (0 = all)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
-                        help="images per forward pass (every perturbation step of a batch is one pass)")
     parser.add_argument("--baseline", choices=BASELINES, default="blur",
                         help="what deleted pixels become: the blurred image, black pixels, or the "
                              "checkpoint's normalisation mean")
@@ -168,42 +158,8 @@ def main(args) -> int:
         raise UsageError(str(err).splitlines()[0]) from None
     finally:
         bar.close()
-    n = len(files)
-
-    columns, rows = scores.summary_rows(corner, class_index.get(corner, -1))
-    paths = [out_dir / "explanations_report.csv"]
-    write_csv(paths[0], columns, rows)
-
-    per_class_rows = scores.per_class_rows(class_names) if masks is not None else []
-    if per_class_rows:
-        paths.append(out_dir / "pointing_per_class.csv")
-        write_csv(paths[-1], ["method", "layer", "class", "n", "pointing_game", "energy_pointing_game"],
-                  per_class_rows)
-
-    # the layers as given, then "input" (pixel methods) and "fused" when present
-    plot_layers = list(dict.fromkeys([*args.layers, *(split_key(k)[1] for k in scores.keys if "/" in k)]))
-    cascade_rows = scores.cascade_rows()
-    if args.sanity:
-        paths.append(out_dir / "randomisation.csv")
-        write_csv(paths[-1], ["method", "layer", "step", "stage", "randomised", "spearman"], cascade_rows)
-        paths.append(out_dir / "randomisation.png")
-        plot_cascade(paths[-1], cascade_rows, plot_layers, scores.stages)
-
-    chance = float(masks[has_mask].mean()) if masks is not None else None
-    targets, label_arr = scores.targets, scores.labels
-    known = label_arr >= 0
-    accuracy = f"{int((targets[known] == label_arr[known]).sum())}/{int(known.sum())} labelled images predicted " \
-               f"correctly" if known.any() and args.target == "predicted" else ""
-    paths.insert(1, out_dir / "explanations_report.md")
-    _, table = write_markdown(paths[1], args, checkpoint, n, columns, rows, per_class_rows, cascade_rows, chance,
-                          corner, accuracy)
-    paths.insert(2, out_dir / "deletion_insertion.png")
-    plot_curves(paths[2], scores, plot_layers, args.steps, args.baseline, prep.img_size)
-    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-    record["checkpoint"] = str(checkpoint)
-    paths.append(out_dir / "args.json")
-    write_json(paths[-1], record)
-
+    paths, table = write_report(out_dir, args, checkpoint, scores, masks, has_mask, corner, class_names,
+                                prep.img_size)
     if not args.quiet:
         print(table)
     for path in paths:

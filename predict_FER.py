@@ -33,9 +33,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from expression.checkpoint import add_checkpoint_argument, open_model
-from expression.cli import (ArgumentParser, UsageError, non_negative_int, number_in, positive_int,
-                            resolve_device, run_main, use_progress_bars)
+from expression.checkpoint import open_model
+from expression.cli import (ArgumentParser, UsageError, add_checkpoint_argument, non_negative_int, number_in,
+                            positive_int, resolve_device, run_main, use_progress_bars)
 from expression.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
                               DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector)
 from expression.io import ensure_writable_dir, write_json
@@ -129,15 +129,8 @@ def main(args) -> int:
         raise UsageError(f"nothing could be processed: {len(stats.unreadable)} unreadable file(s)"
                          + (f": {bad}" if bad else "") + (" ..." if len(stats.unreadable) > 3 else ""))
 
-    seconds = time.perf_counter() - start
-    summary = {
-        "checkpoint": str(checkpoint), "detector": args.detector, "records": str(records_path),
-        "images": stats.images, "videos": stats.videos, "frames": stats.frames, "faces": stats.faces,
-        "labels": dict(stats.labels.most_common()), "no_face": stats.no_face,
-        "unreadable": [{"path": p, "reason": r} for p, r in stats.unreadable], "missing": stats.missing,
-        "accuracy": round(stats.correct / stats.labelled, 4) if stats.labelled else None,
-        "seconds": round(seconds, 2), "interrupted": stats.interrupted,
-    }
+    summary = stats.summary(checkpoint=str(checkpoint), detector=args.detector, records=str(records_path),
+                            seconds=round(time.perf_counter() - start, 2))
     write_json(out_dir / "summary.json", summary)
     print_summary(summary, stats, out_dir, args)
     return 0

@@ -27,8 +27,8 @@ import skimage.data
 import torch
 from PIL import Image
 
-from expression.checkpoint import add_checkpoint_argument, open_model
-from expression.cli import ArgumentParser, positive_int, resolve_device, run_main
+from expression.checkpoint import open_model
+from expression.cli import ArgumentParser, add_checkpoint_argument, positive_int, resolve_device, run_main
 from expression.webapp import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, WebApp
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 
-import export
+from expression import onnx_export
 from expression.checkpoint import load_model, model_record
 from expression.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
 from expression.data import FER2013_CLASSES, Preprocessing
@@ -83,7 +83,7 @@ def main(args) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.onnx"
-        export.export_onnx(model, ckpt, path, source=source)
+        onnx_export.export_onnx(model, ckpt, path, source=source)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         start = time.perf_counter()

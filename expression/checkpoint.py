@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import UsageError
+from .errors import InputError
 from .data import Preprocessing
 from .io import atomic_path
 from .model import build_model, unwrap
@@ -25,7 +25,8 @@ MODEL_FORMAT = "expression-deciphered/model"
 STATE_FORMAT = "expression-deciphered/train-state"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "model", "arch", "class_names", "img_size", "mean", "std", "color")
-TRAIN_HINT = "train one with `python train_resnet34.py --demo` (minutes) or on FER2013, or pass --checkpoint PATH"
+# The fix for "no usable model": the library names the command that makes one; scripts name their flag.
+TRAIN_HINT = "train one with `python train_resnet34.py --demo` (minutes) or on FER2013, or choose another model file"
 
 
 def model_record(model, preprocessing: Preprocessing, *, arch: str, class_names, args: dict | None = None,
@@ -56,34 +57,39 @@ def save(record: dict, path) -> Path:
     return path
 
 
-def load_record(path, expect: str = MODEL_FORMAT) -> dict:
-    """Read a checkpoint dict safely; every way it can be wrong is a one-line UsageError."""
+def load_record(path, expect: str = MODEL_FORMAT, option: str = "checkpoint") -> dict:
+    """Read a checkpoint dict safely; every way it can be wrong is an InputError of `option` (the
+    caller's parameter that named the file)."""
+
+    def bad(message: str) -> InputError:
+        return InputError(message, option=option)
+
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"no checkpoint at {path}: {TRAIN_HINT}")
+        raise bad(f"no checkpoint at {path}: {TRAIN_HINT}")
     if path.stat().st_size == 0:
-        raise UsageError(f"checkpoint {path} is empty (0 bytes; an interrupted copy?): {TRAIN_HINT}")
+        raise bad(f"checkpoint {path} is empty (0 bytes; an interrupted copy?): {TRAIN_HINT}")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "unsupported global" not in str(err).lower():  # garbage bytes also surface as UnpicklingError
-            raise UsageError(f"cannot read checkpoint {path} (not a PyTorch file): {TRAIN_HINT}") from None
-        raise UsageError(f"{path} pickles Python objects (e.g. a whole model saved with torch.save(model)), "
+            raise bad(f"cannot read checkpoint {path} (not a PyTorch file): {TRAIN_HINT}") from None
+        raise bad(f"{path} pickles Python objects (e.g. a whole model saved with torch.save(model)), "
                          f"which is unsafe to load: convert the seed's model_res34.pth with `python import_seed_model.py "
                          f"{path}`, or retrain") from None
     except Exception as err:  # truncated, foreign or corrupt: torch raises many types
-        raise UsageError(f"cannot read checkpoint {path} ({str(err).splitlines()[0][:100]}): "
+        raise bad(f"cannot read checkpoint {path} ({str(err).splitlines()[0][:100]}): "
                          f"the file is truncated or not a PyTorch file; {TRAIN_HINT}") from None
     if not isinstance(record, dict) or any(k not in record for k in REQUIRED_KEYS):
-        raise UsageError(f"{path} is not an Expression-Deciphered checkpoint (a bare state dict or another "
+        raise bad(f"{path} is not an Expression-Deciphered checkpoint (a bare state dict or another "
                          f"project's file): {TRAIN_HINT}")
     if record["format"] not in (MODEL_FORMAT, STATE_FORMAT):
-        raise UsageError(f"{path} has unknown format {record['format']!r}: {TRAIN_HINT}")
+        raise bad(f"{path} has unknown format {record['format']!r}: {TRAIN_HINT}")
     if expect == STATE_FORMAT and record["format"] != STATE_FORMAT:
-        raise UsageError(f"{path} is a model file, not a training state: resume from runs/<name>/checkpoint.pt")
+        raise bad(f"{path} is a model file, not a training state: resume from runs/<name>/checkpoint.pt")
     problem = metadata_problem(record)
     if problem:
-        raise UsageError(f"{path} holds invalid metadata ({problem}): the file was edited or damaged; "
+        raise bad(f"{path} holds invalid metadata ({problem}): the file was edited or damaged; "
                          f"retrain or re-export it")
     return record
 
@@ -124,8 +130,9 @@ def model_from_record(record: dict, path="checkpoint", device="cpu"):
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise UsageError(f"{path}: weights do not fit a {record['arch']} with {len(record['class_names'])} classes "
-                         f"({str(err).splitlines()[0][:100]}): the file is damaged or from another model") from None
+        raise InputError(f"{path}: weights do not fit a {record['arch']} with {len(record['class_names'])} classes "
+                         f"({str(err).splitlines()[0][:100]}): the file is damaged or from another model",
+                         option="checkpoint") from None
     return model.to(device).eval()
 
 
@@ -138,14 +145,6 @@ def load_model(path, device="cpu"):
 # The FER2013 model the project ships (float16 weights, tracked in git). Training writes
 # models/<name>.pt and never this sub-folder, so a user's run cannot overwrite it.
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "shipped" / "resnet34_fer2013_cpu.pt"
-
-
-def add_checkpoint_argument(parser) -> None:
-    """--checkpoint as every script that reads a trained model takes it (resolve with `choose_model`)."""
-    parser.add_argument("--checkpoint", default=None,
-                        help="model file (default: the newest models/*.pt, else the shipped FER2013 model "
-                             "models/shipped/; on your own photos, models trained on the drawn demo faces "
-                             "are passed over unless named here)")
 
 
 def checkpoint_path(arg) -> Path:
@@ -171,11 +170,11 @@ def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
     if shipped and SHIPPED_MODEL.is_file():
         return SHIPPED_MODEL, f"the shipped FER2013 model{skipped}"
     if passed_over:
-        raise UsageError(f"only demo-face models in {models_dir}/ ({', '.join(passed_over)}), which cannot read "
-                         f"real faces: train on FER2013, or pass --checkpoint {models_dir}/{passed_over[0]} "
-                         f"to use it anyway")
-    raise UsageError(f"no model in {models_dir}/" + (f" and no shipped model at {SHIPPED_MODEL}" if shipped else "")
-                     + f": {TRAIN_HINT}")
+        raise InputError(f"only demo-face models in {models_dir}/ ({', '.join(passed_over)}), which cannot read "
+                         f"real faces: train on FER2013, or name {models_dir}/{passed_over[0]} as the checkpoint "
+                         f"to use it anyway", option="checkpoint")
+    raise InputError(f"no model in {models_dir}/" + (f" and no shipped model at {SHIPPED_MODEL}" if shipped else "")
+                     + f": {TRAIN_HINT}", option="checkpoint")
 
 
 def open_model(arg, device="cpu", *, real_photos: bool = False):
@@ -225,5 +224,5 @@ def newest_model(models_dir="models") -> Path:
     """The most recently written model file in `models_dir`."""
     candidates = _models_by_age(models_dir)
     if not candidates:
-        raise UsageError(f"no model in {models_dir}/: {TRAIN_HINT}")
+        raise InputError(f"no model in {models_dir}/: {TRAIN_HINT}", option="checkpoint")
     return candidates[-1]

@@ -1,7 +1,9 @@
 """Command-line plumbing shared by every script: one-line errors, device choice, seeding.
 
-Bad input the user can fix raises `UsageError`; `run_main` turns it into a single line on stderr and
-exit code 2 instead of a traceback.
+Bad input the user can fix raises `UsageError` in script code (its message names the flag to change)
+and `expression.errors.InputError` in library code (its `option` names the parameter, which is the
+flag of the same name); `run_main` turns either into a single line on stderr and exit code 2 instead
+of a traceback.
 """
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ import sys
 
 import torch
 
+from .errors import InputError
 
-class UsageError(Exception):
-    """A problem with the user's input or environment, reported as one line with the fix (exit 2)."""
+
+class UsageError(InputError):
+    """A problem with the user's input or environment, raised by script code: one line with the flag
+    that fixes it (exit 2)."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -42,6 +47,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def add_checkpoint_argument(parser) -> None:
+    """--checkpoint as every script that reads a trained model takes it (resolved by
+    expression.checkpoint.choose_model)."""
+    parser.add_argument("--checkpoint", default=None,
+                        help="model file (default: the newest models/*.pt, else the shipped FER2013 model "
+                             "models/shipped/; on your own photos, models trained on the drawn demo faces "
+                             "are passed over unless named here)")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -64,15 +78,22 @@ def positive_float(text: str) -> float:
 
 
 def run_main(main, args) -> int:
-    """Call `main(args)`; a UsageError becomes one line on stderr and exit code 2."""
+    """Call `main(args)`; a UsageError or a library InputError becomes one line on stderr and exit code 2."""
     try:
         return main(args) or 0
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except InputError as err:
+        print(f"error: {flag_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outputs are written atomically, so nothing is left half-written
         print("\ninterrupted (Ctrl-C): files already finished are kept, none is half-written", file=sys.stderr)
         return 130
+
+
+def flag_message(err: InputError) -> str:
+    """The error's message, led by the flag that set the value at fault (`option` "val_dir" -> --val-dir)."""
+    if err.option and not isinstance(err, UsageError):
+        return f"--{err.option.replace('_', '-')}: {err}"
+    return str(err)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .augment import random_erase, random_rotate_scale
-from .cli import UsageError
+from .errors import InputError
 from .images import GRAY_MODES, standard_image
 
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -112,27 +112,25 @@ def class_folders(root) -> list[str]:
 
 def check_splits(train_dir, test_dir, other: str = "test") -> list[str]:
     """Both splits exist, hold the same class folders, and no class folder is empty. `other` names the
-    second split in messages ("test", or "validation" for --val-dir)."""
+    second split in messages ("test", or "validation"). Problems are InputErrors; the caller adds which
+    of its settings chose the folders."""
     for what, path in (("train", train_dir), (other, test_dir)):
         if not Path(path).is_dir():
-            if other != "test" and what == other:
-                raise UsageError(f"{other} folder {path} does not exist: give --val-dir a folder of <class>/ "
-                                 f"sub-folders, or use --val-split F instead")
-            raise UsageError(f"{what} folder {path} does not exist: pass --data DIR holding train/<class>/ "
-                             f"and test/<class>/ (see README: Getting FER2013), or try --demo")
+            raise InputError(f"{what} folder {path} does not exist: expected a folder of <class>/ "
+                             f"sub-folders of images")
     train_classes, test_classes = class_folders(train_dir), class_folders(test_dir)
     if not train_classes:
-        raise UsageError(f"train folder {train_dir} has no class sub-folders: expected {train_dir}/<class>/*.png")
+        raise InputError(f"train folder {train_dir} has no class sub-folders: expected {train_dir}/<class>/*.png")
     if train_classes != test_classes:
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))
-        raise UsageError(f"train and {other} classes differ (only in train: {only_train or 'none'}; only in "
+        raise InputError(f"train and {other} classes differ (only in train: {only_train or 'none'}; only in "
                          f"{other}: {only_test or 'none'}): give both splits the same class folders")
     for what, path in (("train", train_dir), (other, test_dir)):
         for name in train_classes:
             folder = Path(path) / name
             if not any(is_image_file(p) for p in folder.iterdir() if p.is_file()):
-                raise UsageError(f"class folder {folder} has no images: add images or remove the class "
+                raise InputError(f"class folder {folder} has no images: add images or remove the class "
                                  f"from both splits")
     return train_classes
 
@@ -158,7 +156,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     the class has two or more, chosen with a generator seeded by `seed` (same split on every run and
     rank). Both index lists are sorted."""
     if not 0 < fraction < 1:
-        raise UsageError(f"--val-split must be between 0 and 1 (a fraction of train), got {fraction}")
+        raise InputError(f"the held-out fraction must be between 0 and 1 (a fraction of train), got {fraction}",
+                         option="val_split")
     generator = torch.Generator().manual_seed(seed)
     held_out = []
     for cls in torch.unique(labels).tolist():
@@ -229,7 +228,7 @@ def decode_split(root, class_names, img_size: int, color: str | None = None, wor
         warnings.warn(f"skipped {len(skipped)} file(s) in {root}: {shown}{more}", stacklevel=2)
     total = len(arrays) + len(skipped)
     if not arrays or len(arrays) < total / 2:
-        raise UsageError(f"{what} folder {root}: {len(skipped)} of {total} files are unreadable or not images: "
+        raise InputError(f"{what} folder {root}: {len(skipped)} of {total} files are unreadable or not images: "
                          f"check the folder holds image files in <class>/ sub-folders")
 
     if color is None:

@@ -26,8 +26,9 @@ from tqdm import tqdm
 from gradcam.base import resolve_layers
 from gradcam.overlay import overlay
 
-from .checkpoint import add_checkpoint_argument, open_model_quietly
-from .cli import UsageError, non_negative_int, positive_int, resolve_device, unit_float, use_progress_bars
+from .checkpoint import open_model_quietly
+from .cli import (UsageError, add_checkpoint_argument, non_negative_int, positive_int, resolve_device, unit_float,
+                  use_progress_bars)
 from .data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
 from .io import atomic_path, ensure_writable_dir
 
@@ -54,8 +55,9 @@ def name_list(text: str) -> tuple[str, ...]:
 name_list.__name__ = "comma-separated list"  # argparse names the type in its error message
 
 
-def add_common_args(parser, *, grid_name: str, target: bool = True):
-    """The flags both explanation scripts take, with the same names, defaults and help."""
+def add_input_args(parser, *, verb: str = "explain", limit: int = DEFAULT_LIMIT,
+                   batch_help: str = "images per forward/backward pass (and per Score-CAM masking pass)"):
+    """What every explanation script reads: the model, the images, the layers, how many and how fast."""
     add_checkpoint_argument(parser)
     parser.add_argument("--images", nargs="+", default=None, metavar="PATH",
                         help="image files, folders or globs; any size, grayscale/RGB/RGBA. A folder of class "
@@ -65,15 +67,20 @@ def add_common_args(parser, *, grid_name: str, target: bool = True):
     parser.add_argument("--layers", type=name_list, default=",".join(DEFAULT_LAYERS), metavar="L1,L2",
                         help="comma-separated module names to explain; the seed's four ResNet stages by "
                              "default (at 48 px: layer1 12x12 ... layer4 2x2)")
+    parser.add_argument("--limit", type=non_negative_int, default=limit,
+                        help=f"{verb} at most this many images, taken round-robin over classes when labels "
+                             f"are known (0 = all)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help=batch_help)
+    return parser
+
+
+def add_common_args(parser, *, grid_name: str, target: bool = True):
+    """The flags both figure scripts (gradcam_FER.py, attentionMap_FER.py) take."""
+    add_input_args(parser)
     if target:
         parser.add_argument("--target", default="predicted", metavar="{predicted,true,CLASS}",
                             help="class to explain: the predicted one, the true label (needs class "
                                  "sub-folders), or a class name such as happy")
-    parser.add_argument("--limit", type=non_negative_int, default=DEFAULT_LIMIT,
-                        help="explain at most this many images, taken round-robin over classes when labels "
-                             "are known (0 = all)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
-                        help="images per forward/backward pass (and per Score-CAM masking pass)")
     parser.add_argument("--out", default=None,
                         help=f"output folder for {grid_name}.png (default: runs/explain/<checkpoint name>/)"
                             )

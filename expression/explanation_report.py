@@ -16,7 +16,7 @@ from gradcam.evaluation import COLUMNS, SANITY_MAX_RHO, ExplanationScores, nanme
 from gradcam.metrics import BASELINE_MAPS, step_counts
 
 from .cli import UsageError
-from .io import write_text
+from .io import write_json, write_text
 from .report import save_figure
 
 
@@ -220,3 +220,44 @@ def plot_cascade(path, cascade_rows, layers, stages) -> None:
     fig.suptitle("Cascading randomisation (Adebayo et al. 2018): lower once the layer is random is better")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
+
+
+def write_report(out_dir: Path, args, checkpoint, scores: ExplanationScores, masks, has_mask, corner, class_names,
+                 img_size: int) -> tuple[list[Path], str]:
+    """Every file of evaluate_explanations.py's report -> (paths written, the Markdown summary table)."""
+    class_index = {name: i for i, name in enumerate(class_names)}
+    columns, rows = scores.summary_rows(corner, class_index.get(corner, -1))
+    paths = [out_dir / "explanations_report.csv"]
+    write_csv(paths[0], columns, rows)
+
+    per_class_rows = scores.per_class_rows(class_names) if masks is not None else []
+    if per_class_rows:
+        paths.append(out_dir / "pointing_per_class.csv")
+        write_csv(paths[-1], ["method", "layer", "class", "n", "pointing_game", "energy_pointing_game"],
+                  per_class_rows)
+
+    # the layers as given, then "input" (pixel methods) and "fused" when present
+    plot_layers = list(dict.fromkeys([*args.layers, *(split_key(k)[1] for k in scores.keys if "/" in k)]))
+    cascade_rows = scores.cascade_rows()
+    if args.sanity:
+        paths.append(out_dir / "randomisation.csv")
+        write_csv(paths[-1], ["method", "layer", "step", "stage", "randomised", "spearman"], cascade_rows)
+        paths.append(out_dir / "randomisation.png")
+        plot_cascade(paths[-1], cascade_rows, plot_layers, scores.stages)
+
+    chance = float(masks[has_mask].mean()) if masks is not None else None
+    targets, label_arr = scores.targets, scores.labels
+    known = label_arr >= 0
+    accuracy = f"{int((targets[known] == label_arr[known]).sum())}/{int(known.sum())} labelled images predicted " \
+               f"correctly" if known.any() and args.target == "predicted" else ""
+    paths.insert(1, out_dir / "explanations_report.md")
+    _, table = write_markdown(paths[1], args, checkpoint, len(scores.targets), columns, rows, per_class_rows,
+                              cascade_rows, chance, corner, accuracy)
+    paths.insert(2, out_dir / "deletion_insertion.png")
+    plot_curves(paths[2], scores, plot_layers, args.steps, args.baseline, img_size)
+    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+    record["checkpoint"] = str(checkpoint)
+    paths.append(out_dir / "args.json")
+    write_json(paths[-1], record)
+
+    return paths, table

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .cli import UsageError
+from .errors import InputError
 from .images import standard_image
 
 # name -> cascade file in cv2.data.haarcascades; the first entry is the default
@@ -52,14 +52,14 @@ def cascade_dir() -> str:
 
 
 def load_cascade(name: str) -> cv2.CascadeClassifier:
-    """The named Haar cascade; a missing file (OpenCV 5, or a stripped build) is a one-line UsageError."""
+    """The named Haar cascade; a missing file (OpenCV 5, or a stripped build) is an InputError."""
     path = os.path.join(cascade_dir(), CASCADES[name])
     cascade = cv2.CascadeClassifier(path) if os.path.isfile(path) else None
     if cascade is None or cascade.empty():
-        raise UsageError(f"OpenCV {cv2.__version__} has no Haar cascade {CASCADES[name]} (looked in "
+        raise InputError(f"OpenCV {cv2.__version__} has no Haar cascade {CASCADES[name]} (looked in "
                          f"{cascade_dir() or 'cv2.data, which is missing'}): install opencv-python<5, whose "
-                         f"wheels ship the cascades (OpenCV 5 dropped them), or use --detector none for "
-                         f"pre-cropped faces")
+                         f"wheels ship the cascades (OpenCV 5 dropped them), or use detector 'none' for "
+                         f"pre-cropped faces", option="detector")
     return cascade
 
 
@@ -79,7 +79,7 @@ class FaceDetector:
                  max_side: int = DEFAULT_DETECT_MAX_SIDE, min_neighbors: int = DEFAULT_MIN_NEIGHBORS,
                  scale_factor: float = SCALE_FACTOR):
         if kind not in DETECTORS:
-            raise UsageError(f"unknown detector {kind!r}: choose from {', '.join(DETECTORS)}")
+            raise InputError(f"unknown detector {kind!r}: choose from {', '.join(DETECTORS)}", option="detector")
         self.kind, self.min_face, self.max_side = kind, int(min_face), int(max_side)
         self.min_neighbors, self.scale_factor = int(min_neighbors), float(scale_factor)
         self.cascade = None if kind == "none" else load_cascade(kind)

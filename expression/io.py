@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .cli import UsageError
+from .errors import InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, but outputs should get the user's usual mode
@@ -51,6 +51,6 @@ def ensure_writable_dir(path, what: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test."):
             pass
     except OSError as err:
-        raise UsageError(f"cannot write to {what} folder {path} ({err.strerror or err}): "
-                         f"choose another with the matching flag or fix its permissions") from None
+        raise InputError(f"cannot write to {what} folder {path} ({err.strerror or err}): "
+                         f"choose another folder or fix its permissions") from None
     return path

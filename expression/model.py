@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from .cli import UsageError
+from .errors import InputError
 
 # arch -> (constructor, ImageNet weights enum). One entry today; the table keeps checkpoints honest
 # about what they hold and leaves room for more.
@@ -22,15 +22,16 @@ ARCHS = {"resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1)}
 def build_model(arch: str = "resnet34", num_classes: int = 7, weights: str = "none") -> nn.Module:
     """A torchvision network with its classifier replaced by a `num_classes`-way Linear layer."""
     if arch not in ARCHS:
-        raise UsageError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+        raise InputError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}", option="arch")
     constructor, imagenet = ARCHS[arch]
     if weights == "imagenet":
         try:
             model = constructor(weights=imagenet)  # downloads once into torch.hub's cache, like torchvision
         except Exception as err:  # offline, proxy, corrupt cache: all mean "no weights to be had"
             reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-            raise UsageError(f"could not get ImageNet weights for {arch} ({reason}): pass --weights none to "
-                             f"train from scratch, or --weights PATH to a local torchvision {arch} state dict") from None
+            raise InputError(f"could not get ImageNet weights for {arch} ({reason}): use 'none' to train "
+                             f"from scratch, or the path of a local torchvision {arch} state dict",
+                             option="weights") from None
     else:
         model = constructor(weights=None)
         if weights != "none":
@@ -41,21 +42,23 @@ def build_model(arch: str = "resnet34", num_classes: int = 7, weights: str = "no
 
 def _load_torchvision_state_dict(path, arch: str, reference: nn.Module) -> dict:
     path = Path(path)
-    hint = f"--weights expects 'imagenet', 'none' or a torchvision {arch} state dict file"
+    hint = f"weights are 'imagenet', 'none' or a torchvision {arch} state dict file"
     if not path.is_file():
-        raise UsageError(f"weights file {path} does not exist: {hint}")
+        raise InputError(f"weights file {path} does not exist: {hint}", option="weights")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, foreign or corrupt: torch raises many types
-        raise UsageError(f"cannot read weights file {path} ({str(err).splitlines()[0][:100]}): {hint}") from None
+        raise InputError(f"cannot read weights file {path} ({str(err).splitlines()[0][:100]}): {hint}",
+                         option="weights") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"weights file {path} is not a state dict of tensors: {hint}")
+        raise InputError(f"weights file {path} is not a state dict of tensors: {hint}", option="weights")
     expected = reference.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     wrong_shape = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
     if missing or unexpected or wrong_shape:
-        raise UsageError(f"weights file {path} does not match torchvision {arch} ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected, {len(wrong_shape)} mis-shaped keys): {hint}")
+        raise InputError(f"weights file {path} does not match torchvision {arch} ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected, {len(wrong_shape)} mis-shaped keys): {hint}",
+                         option="weights")
     return state
 
 

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import load_model
-from .cli import UsageError
+from .errors import InputError
 from .data import Preprocessing, UnreadableImage, find_images, is_image_file, load_pil
 from .drawing import annotate
 from .faces import DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE, \
@@ -284,6 +284,14 @@ class Stats:
     labelled: int = 0
     interrupted: bool = False
 
+    def summary(self, **run) -> dict:
+        """summary.json: the run's own fields (`run`: checkpoint, detector, records, seconds), then the counts."""
+        return {**run, "images": self.images, "videos": self.videos, "frames": self.frames, "faces": self.faces,
+                "labels": dict(self.labels.most_common()), "no_face": self.no_face,
+                "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable], "missing": self.missing,
+                "accuracy": round(self.correct / self.labelled, 4) if self.labelled else None,
+                "interrupted": self.interrupted}
+
 
 class Predictor:
     """Holds analysed items until a batch is full, then classifies, writes records and annotations."""
@@ -397,7 +405,8 @@ def run_webcam(index: int, predictor: Predictor) -> None:
         if log:
             log.setLogLevel(level)
     if not capture.isOpened():
-        raise UsageError(f"cannot open camera {index}: check --webcam N and that no other program uses it")
+        raise InputError(f"cannot open camera {index}: check the camera number and that no other program uses it",
+                         option="webcam")
     window, last, frame_no = f"predict_FER - camera {index} (q quits)", None, 0
     try:
         while True:
@@ -414,8 +423,9 @@ def run_webcam(index: int, predictor: Predictor) -> None:
                 cv2.imshow(window, annotate(last, predictor.classifier.class_names)[:, :, ::-1])
                 key = cv2.waitKey(1) & 0xFF
             except cv2.error:
-                raise UsageError("this OpenCV build has no GUI (opencv-python-headless?): install "
-                                 "opencv-python<5 for --webcam, or record a video and pass its path") from None
+                raise InputError("this OpenCV build has no GUI (opencv-python-headless?): install "
+                                 "opencv-python<5 for the camera window, or record a video and pass its path",
+                                 option="webcam") from None
             if key == ord("q"):
                 break
             frame_no += 1

@@ -18,7 +18,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel
 
-from .cli import UsageError
+from .errors import InputError
 from .data import IMAGENET_MEAN, IMAGENET_STD, SEED_MEAN, SEED_STD, SEED_TRANSLATE
 from .model import unwrap
 
@@ -73,8 +73,8 @@ def resolve_amp(amp: str, device: torch.device):
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if amp == "fp16" and device.type != "cuda":
-        raise UsageError("--amp fp16 needs --device cuda (fp16 training on CPU/MPS is unsupported here): "
-                         "use --amp bf16 or none")
+        raise InputError(f"fp16 needs a CUDA device, not {device.type} (fp16 training on CPU/MPS is unsupported "
+                         f"here): use bf16 or none", option="amp")
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
@@ -103,9 +103,9 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float 
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)  # group values override this
     if name == "sgd":
         if nesterov and momentum <= 0:
-            raise UsageError("--nesterov needs --momentum > 0")
+            raise InputError("Nesterov momentum needs a momentum above 0", option="momentum")
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov)
-    raise UsageError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    raise InputError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}", option="optimizer")
 
 
 class LrSchedule:
@@ -268,5 +268,5 @@ def maybe_compile(model: nn.Module, enabled: bool, backend: str = "inductor") ->
     if not enabled:
         return model
     if not hasattr(torch, "compile"):
-        raise UsageError("--compile needs PyTorch 2.0 or newer")
+        raise InputError("torch.compile needs PyTorch 2.0 or newer", option="compile")
     return torch.compile(model, backend=backend)

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import eval_mode  # BatchNorm must not see perturbed batches
+from .base import eval_mode, model_device  # eval_mode: BatchNorm must not see perturbed batches
 
 BASELINES = ("blur", "zeros", "mean")
 DEFAULT_STEPS = 16
@@ -75,12 +75,6 @@ SCORES = ("probability", "logit")
 
 # ---------------------------------------------------------------------------------------------------
 # Shared helpers
-
-
-def _device_of(model: nn.Module, fallback) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device(fallback)
 
 
 def _check_maps(images: torch.Tensor, maps: torch.Tensor, targets) -> torch.Tensor:
@@ -101,7 +95,7 @@ def target_scores(model: nn.Module, images: torch.Tensor, targets, score: str = 
     """(N,) softmax probability (default) or raw logit of each image's target class, one forward."""
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
-    device = _device_of(model, images.device)
+    device = model_device(model, images.device)
     logits = model(images.to(device)).float()
     targets = torch.as_tensor(targets, dtype=torch.long).to(logits.device)
     values = torch.softmax(logits, dim=1) if score == "probability" else logits
@@ -207,7 +201,7 @@ def perturbation_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tens
     if baseline.shape != images.shape:
         raise ValueError(f"baseline shape {tuple(baseline.shape)} differs from images {tuple(images.shape)}")
     n, _, h, w = images.shape
-    device = _device_of(model, images.device)
+    device = model_device(model, images.device)
     images, baseline = images.to(device), baseline.to(device)
     position = rank_pixels(maps.to(device)).view(n, 1, h, w)
     counts = step_counts(h * w, steps)
@@ -262,7 +256,7 @@ def confidence_change(model: nn.Module, images: torch.Tensor, maps: torch.Tensor
     softmax confidence.
     """
     targets = _check_maps(images, maps, targets)
-    device = _device_of(model, images.device)
+    device = model_device(model, images.device)
     images = images.to(device)
     with eval_mode(model):
         if full is None:
@@ -370,7 +364,7 @@ def road(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets,
     """
     targets = _check_maps(images, maps, targets)
     n, _, h, w = images.shape
-    device = _device_of(model, images.device)
+    device = model_device(model, images.device)
     images = images.to(device)
     position = rank_pixels(maps.to(device)).view(n, h, w)
     generator = torch.Generator().manual_seed(seed)

@@ -117,3 +117,21 @@ def test_bad_input_is_one_line_and_changes_nothing(work, script, argv, words, ca
     assert len(errors) == 1, captured.err
     assert words in errors[0], errors[0]
     assert snapshot(work) == before
+
+
+def test_library_errors_become_one_line_naming_the_flag(capsys):
+    from expression.cli import UsageError, run_main
+    from expression.errors import InputError
+
+    def library_failure(args):
+        raise InputError("the held-out fraction must be between 0 and 1", option="val_split")
+
+    assert run_main(library_failure, None) == 2
+    assert capsys.readouterr().err == "error: --val-split: the held-out fraction must be between 0 and 1\n"
+    assert issubclass(InputError, ValueError)  # ordinary for library callers: `except ValueError` works
+
+    def script_failure(args):  # script code names its flags itself: no prefix added
+        raise UsageError("--val-dir and --val-split both choose the validation images: give one")
+
+    assert run_main(script_failure, None) == 2
+    assert capsys.readouterr().err.startswith("error: --val-dir and --val-split")

@@ -8,7 +8,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from expression.cli import UsageError
+from expression.errors import InputError
 from expression.model import build_model
 from expression.data import (InMemoryLoader, Preprocessing, apply_flip_translate, check_splits, decode_split,
                              find_images, normalize, sample_flip_translate)
@@ -137,17 +137,17 @@ def test_sharded_evaluation_covers_every_image_once():
 
 
 def test_check_splits_errors(tmp_path, image_folder):
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         check_splits(tmp_path / "nope" / "train", tmp_path / "nope" / "test")
     (tmp_path / "empty" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "test").mkdir(parents=True)
-    with pytest.raises(UsageError, match="no class sub-folders"):
+    with pytest.raises(InputError, match="no class sub-folders"):
         check_splits(tmp_path / "empty" / "train", tmp_path / "empty" / "test")
     (image_folder / "test" / "contempt").mkdir()
-    with pytest.raises(UsageError, match="only in test: \\['contempt'\\]"):
+    with pytest.raises(InputError, match="only in test: \\['contempt'\\]"):
         check_splits(image_folder / "train", image_folder / "test")
     (image_folder / "train" / "contempt").mkdir()
-    with pytest.raises(UsageError, match="contempt has no images"):
+    with pytest.raises(InputError, match="contempt has no images"):
         check_splits(image_folder / "train", image_folder / "test")
 
 
@@ -166,7 +166,7 @@ def test_mostly_unreadable_split_is_an_error(tmp_path):
     Image.new("L", (48, 48)).save(folder / "ok.png")
     for i in range(3):
         (folder / f"bad{i}.png").write_bytes(b"\x89PNG broken")
-    with pytest.warns(UserWarning), pytest.raises(UsageError, match="3 of 4 files are unreadable"):
+    with pytest.warns(UserWarning), pytest.raises(InputError, match="3 of 4 files are unreadable"):
         decode_split(tmp_path / "train", ["sad"], 48)
 
 

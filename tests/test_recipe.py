@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 import train_resnet34
-from expression import recipe
+from expression import recipe, trainer
 from test_train import run
 from expression.cli import UsageError
+from expression.errors import InputError
 from expression.data import Augmentation, DecodedSplit, InMemoryLoader, balanced_indices, stratified_split
 from expression.engine import train_one_epoch
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def parse(*argv):
     args = train_resnet34.get_args_parser().parse_args(list(argv))
-    train_resnet34.resolve_paths(args)
+    trainer.resolve_paths(args)
     return args
 
 
@@ -46,7 +47,7 @@ def test_strong_preset_fills_only_what_was_not_given():
 
 
 def test_demo_keeps_its_fast_defaults_only_with_the_seed_recipe():
-    assert (parse("--demo").epochs, parse("--demo").lr) == (train_resnet34.DEMO_EPOCHS, train_resnet34.DEMO_LR)
+    assert (parse("--demo").epochs, parse("--demo").lr) == (trainer.DEMO_EPOCHS, trainer.DEMO_LR)
     assert parse("--demo", "--recipe", "strong").lr == recipe.RECIPES["strong"]["lr"]
 
 
@@ -264,7 +265,7 @@ def test_amp_choices():
     cpu = torch.device("cpu")
     assert recipe.resolve_amp("auto", cpu) is None and recipe.resolve_amp("none", cpu) is None
     assert recipe.resolve_amp("bf16", cpu) is torch.bfloat16
-    with pytest.raises(UsageError, match="fp16"):
+    with pytest.raises(InputError, match="fp16 needs a CUDA device"):
         recipe.resolve_amp("fp16", cpu)
     assert not recipe.use_channels_last("auto", cpu) and recipe.use_channels_last("on", cpu)
 
@@ -329,7 +330,7 @@ def test_strong_recipe_selects_on_val_and_resumes_exactly(tmp_path, image_folder
         return train_one_epoch(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_resnet34, "train_one_epoch", interrupt_second_epoch)
+        patch.setattr(trainer, "train_one_epoch", interrupt_second_epoch)
         assert train(tmp_path, image_folder, name="split") == 130
     state = tmp_path / "runs" / "split" / "checkpoint.pt"
     assert torch.load(state, weights_only=True)["epoch"] == 1

@@ -9,7 +9,7 @@ import torch
 
 import train_resnet34
 from conftest import make_checkpoint
-from expression import checkpoint
+from expression import checkpoint, trainer
 from expression.cli import run_main
 from expression.data import InMemoryLoader, Preprocessing, check_splits, decode_split
 from expression.engine import evaluate
@@ -78,7 +78,7 @@ def test_seeded_runs_repeat(tmp_path, image_folder):
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, image_folder, monkeypatch, capsys):
     run(tmp_path, image_folder, "--epochs", "2", name="straight")
 
-    real_train = train_resnet34.train_one_epoch
+    real_train = trainer.train_one_epoch
     calls = []
 
     def interrupt_in_epoch_2(*args, **kwargs):
@@ -87,11 +87,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, image_folder, m
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(train_resnet34, "train_one_epoch", interrupt_in_epoch_2)
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_in_epoch_2)
     assert run(tmp_path, image_folder, "--epochs", "2", name="broken") == 130
     assert "resume with --resume" in capsys.readouterr().err
     assert not (tmp_path / "models" / "broken.pt").exists()
-    monkeypatch.setattr(train_resnet34, "train_one_epoch", real_train)
+    monkeypatch.setattr(trainer, "train_one_epoch", real_train)
 
     state = tmp_path / "runs" / "broken" / "checkpoint.pt"
     assert torch.load(state, weights_only=True)["epoch"] == 1
@@ -190,16 +190,16 @@ def test_a_diverged_run_stops_and_keeps_the_model_and_last_good_state(tmp_path, 
 def test_demo_defaults_and_corner_validation(tmp_path, monkeypatch, capsys):
     parse = train_resnet34.get_args_parser().parse_args
     args = parse(["--demo"])
-    train_resnet34.resolve_paths(args)
-    assert (args.weights, args.epochs, args.lr, args.name) == ("none", train_resnet34.DEMO_EPOCHS,
-                                                               train_resnet34.DEMO_LR, "resnet34_demo")
+    trainer.resolve_paths(args)
+    assert (args.weights, args.epochs, args.lr, args.name) == ("none", trainer.DEMO_EPOCHS,
+                                                               trainer.DEMO_LR, "resnet34_demo")
     assert args.train_dir.endswith("data/demo/train")
     args = parse(["--demo", "--demo-corner", "happy", "--epochs", "2", "--weights", "w.pth"])
-    train_resnet34.resolve_paths(args)
+    trainer.resolve_paths(args)
     assert (args.name, args.epochs, args.weights) == ("resnet34_demo_corner_happy", 2, "w.pth")
     assert args.data.endswith("demo-corner-happy")
     args = parse([])
-    train_resnet34.resolve_paths(args)  # the seed recipe when nothing is said
+    trainer.resolve_paths(args)  # the seed recipe when nothing is said
     assert (args.weights, args.epochs, args.lr, args.batch_size, args.img_size) == ("imagenet", 15, 1e-4, 64, 48)
     expect_usage_error(capsys, run_main(train_resnet34.main, parse(["--demo", "--demo-corner", "smirk"])),
                        "not a class")
