@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import sys
 
-from expression.cli import ArgumentParser, UsageError, run_main
+from expression.cli import ArgumentParser, UsageError, name_list, run_main
 from expression.prediction import TRUSTED_MAPS
 from gradcam import METHODS, explain, map_keys
-from expression.explain_figures import Batch, add_common_args, draw_grids, name_list, prepare, print_paths, \
+from expression.explain_figures import Batch, add_common_args, draw_grids, prepare, print_paths, \
     resolve_targets, run_batches, save_maps, summary
 
 GRID = "gradcam_grid"

@@ -142,6 +142,17 @@ def unit_float(text: str) -> float:
     return number_in(0.0, 1.0)(text)
 
 
+def name_list(text: str) -> tuple[str, ...]:
+    """argparse type for comma-separated names: 'layer3, layer4' -> ('layer3', 'layer4')."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))  # no duplicates
+    if not names:
+        raise ValueError("empty list")
+    return names
+
+
+name_list.__name__ = "comma-separated list"  # argparse names the type in its error message
+
+
 def number_in(low: float, high: float, integer: bool = False):
     """A validator for a finite number in [low, high], for flags whose sensible range is known (an
     unbounded --margin once asked OpenCV for a 113 GB image)."""

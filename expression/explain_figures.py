@@ -27,8 +27,8 @@ from gradcam.base import resolve_layers
 from gradcam.overlay import overlay
 
 from .checkpoint import open_model_quietly
-from .cli import (UsageError, add_checkpoint_argument, non_negative_int, positive_int, resolve_device, unit_float,
-                  use_progress_bars)
+from .cli import (UsageError, add_checkpoint_argument, name_list, non_negative_int, positive_int, resolve_device,
+                  unit_float, use_progress_bars)
 from .data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
 from .io import atomic_path, ensure_writable_dir
 
@@ -42,17 +42,6 @@ ROWS_PER_FILE = 8   # more rows than this go to further numbered grid files
 
 # ---------------------------------------------------------------------------------------------------
 # Command line
-
-
-def name_list(text: str) -> tuple[str, ...]:
-    """argparse type for comma-separated names: 'layer3, layer4' -> ('layer3', 'layer4')."""
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))  # no duplicates
-    if not names:
-        raise ValueError("empty list")
-    return names
-
-
-name_list.__name__ = "comma-separated list"  # argparse names the type in its error message
 
 
 def add_input_args(parser, *, verb: str = "explain", limit: int = DEFAULT_LIMIT,
