@@ -7,6 +7,7 @@ core modules' (expression.data, model, recipe, engine, training, checkpoint, rep
 only wires them together in the order a run needs, as torchvision's references/classification
 train.py does in its main().
 
+    import train_resnet34                 # the script holds the flags and their defaults
     from expression import trainer
     args = train_resnet34.get_args_parser().parse_args(["--demo"])
     trainer.run(args)   # 0, or 130 when interrupted (resume with --resume)
