@@ -147,11 +147,6 @@ def load_model(path, device="cpu"):
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "shipped" / "resnet34_fer2013_cpu.pt"
 
 
-def checkpoint_path(arg) -> Path:
-    """The --checkpoint value, or the default model for the checkpoint's own test data."""
-    return choose_model(arg)[0]
-
-
 def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
                  shipped: bool = True) -> tuple[Path, str]:
     """-> (model file, why it was chosen). Without `arg`: the newest `models_dir/*.pt`, then the shipped
@@ -221,8 +216,5 @@ def _models_by_age(models_dir) -> list[Path]:
 
 
 def newest_model(models_dir="models") -> Path:
-    """The most recently written model file in `models_dir`."""
-    candidates = _models_by_age(models_dir)
-    if not candidates:
-        raise InputError(f"no model in {models_dir}/: {TRAIN_HINT}", option="checkpoint")
-    return candidates[-1]
+    """The most recently written model file in `models_dir` (`choose_model` without the shipped fallback)."""
+    return choose_model(None, models_dir, shipped=False)[0]
