@@ -39,8 +39,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from expression.checkpoint import open_model_quietly
-from expression.cli import (ArgumentParser, UsageError, name_list, positive_float, positive_int, resolve_device, run_main,
-                            use_progress_bars)
+from expression.cli import (ArgumentParser, UsageError, name_list, positive_float, positive_int, resolve_device,
+                            run_main, use_progress_bars)
 from expression.data import Preprocessing
 from expression.explain_figures import add_input_args, check_layers, select_images
 from expression.explanation_report import load_masks, write_report

@@ -75,14 +75,14 @@ def load_record(path, expect: str = MODEL_FORMAT, option: str = "checkpoint") ->
         if "unsupported global" not in str(err).lower():  # garbage bytes also surface as UnpicklingError
             raise bad(f"cannot read checkpoint {path} (not a PyTorch file): {TRAIN_HINT}") from None
         raise bad(f"{path} pickles Python objects (e.g. a whole model saved with torch.save(model)), "
-                         f"which is unsafe to load: convert the seed's model_res34.pth with `python import_seed_model.py "
-                         f"{path}`, or retrain") from None
+                  f"which is unsafe to load: convert the seed's model_res34.pth with `python import_seed_model.py "
+                  f"{path}`, or retrain") from None
     except Exception as err:  # truncated, foreign or corrupt: torch raises many types
         raise bad(f"cannot read checkpoint {path} ({str(err).splitlines()[0][:100]}): "
-                         f"the file is truncated or not a PyTorch file; {TRAIN_HINT}") from None
+                  f"the file is truncated or not a PyTorch file; {TRAIN_HINT}") from None
     if not isinstance(record, dict) or any(k not in record for k in REQUIRED_KEYS):
         raise bad(f"{path} is not an Expression-Deciphered checkpoint (a bare state dict or another "
-                         f"project's file): {TRAIN_HINT}")
+                  f"project's file): {TRAIN_HINT}")
     if record["format"] not in (MODEL_FORMAT, STATE_FORMAT):
         raise bad(f"{path} has unknown format {record['format']!r}: {TRAIN_HINT}")
     if expect == STATE_FORMAT and record["format"] != STATE_FORMAT:
@@ -90,7 +90,7 @@ def load_record(path, expect: str = MODEL_FORMAT, option: str = "checkpoint") ->
     problem = metadata_problem(record)
     if problem:
         raise bad(f"{path} holds invalid metadata ({problem}): the file was edited or damaged; "
-                         f"retrain or re-export it")
+                  f"retrain or re-export it")
     return record
 
 
