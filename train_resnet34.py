@@ -4,6 +4,8 @@
     python train_resnet34.py                                 # FER2013 in data/fer2013/{train,test}/<class>/
     python train_resnet34.py --data ../fer2013 --weights none --epochs 1
     python train_resnet34.py --resume runs/resnet34_fer2013/checkpoint.pt
+    python train_resnet34.py --data ../fer2013 --recipe cpu --init models/shipped/resnet34_fer2013_cpu.pt \
+        --lr 4e-4 --schedule cosine --warmup-epochs 1 --epochs 20     # a further cycle from the shipped weights
     python train_resnet34.py --recipe strong --val-split 0.1   # SGD + cosine, smoothing, EMA, 96 px, ...
     torchrun --nproc_per_node=2 train_resnet34.py --data ../fer2013   # one process per GPU (DDP)
 
@@ -56,6 +58,10 @@ def get_args_parser() -> ArgumentParser:
     train.add_argument("--weights", default=None,
                        help="'imagenet' (torchvision weights API, downloads once), 'none' (random init) or a "
                             "local torchvision resnet34 state dict; default: imagenet, or none with --demo")
+    train.add_argument("--init", metavar="MODEL",
+                       help="start from this project model file's weights (e.g. the shipped model) with a fresh "
+                            "optimizer and schedule: a warm restart; its classes, --img-size and --norm must "
+                            "match, and the new model records it in its lineage")
     train.add_argument("--seed", type=int, default=0, help="seeds init, order, validation split and augmentation")
     train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                        help="auto: cuda, then mps, else cpu")

@@ -9,6 +9,7 @@ Two kinds of file, both written atomically and read with `torch.load(weights_onl
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import sys
@@ -30,8 +31,12 @@ TRAIN_HINT = "train one with `python train_resnet34.py --demo` (minutes) or on F
 
 
 def model_record(model, preprocessing: Preprocessing, *, arch: str, class_names, args: dict | None = None,
-                 epoch: int = 0, metrics: dict | None = None, fmt: str = MODEL_FORMAT) -> dict:
-    """Everything needed to rebuild and use the model, as plain types (weights_only-loadable)."""
+                 epoch: int = 0, metrics: dict | None = None, fmt: str = MODEL_FORMAT,
+                 lineage: list | None = None, command: str | None = None) -> dict:
+    """Everything needed to rebuild and use the model, as plain types (weights_only-loadable).
+    `lineage`: the models these weights were started from, oldest first (see `lineage_entry`);
+    `total_epochs` counts every epoch behind the weights, the ancestors' included."""
+    lineage = list(lineage or [])
     return {
         "format": fmt,
         "version": FORMAT_VERSION,
@@ -45,7 +50,53 @@ def model_record(model, preprocessing: Preprocessing, *, arch: str, class_names,
         "args": dict(args or {}),
         "epoch": int(epoch),
         "metrics": dict(metrics or {}),
+        "lineage": lineage,
+        "total_epochs": (lineage[-1]["total_epochs"] if lineage else 0) + int(epoch),
+        "command": command or "",
     }
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def total_epochs(record: dict) -> int:
+    """Epochs behind a record's weights (files written before lineages existed: their own epoch)."""
+    total = record.get("total_epochs")
+    return int(total) if isinstance(total, int) and not isinstance(total, bool) else int(record.get("epoch") or 0)
+
+
+def lineage_entry(path, record: dict) -> dict:
+    """What a model started from `path` (with `--init`) records of its parent: the file and its sha256,
+    the epoch its own run saved, the epochs behind its weights and the command that made it."""
+    return {"file": Path(path).name, "sha256": file_sha256(path), "epoch": int(record.get("epoch") or 0),
+            "total_epochs": total_epochs(record), "command": str(record.get("command") or "")}
+
+
+def lineage_of(path, record: dict) -> list[dict]:
+    """The lineage of a model started from `path`: the parent's own lineage, then the parent."""
+    inherited = record.get("lineage") if isinstance(record.get("lineage"), list) else []
+    return [dict(entry) for entry in inherited] + [lineage_entry(path, record)]
+
+
+def mismatch(record: dict, arch: str, class_names, preprocessing: Preprocessing) -> str | None:
+    """How a checkpoint differs from a run's model and preprocessing (the first difference), or None."""
+    checks = (("architecture", record["arch"], arch),
+              ("class names", list(record["class_names"]), list(class_names)),
+              ("image size", record["img_size"], preprocessing.img_size),
+              ("colour", record["color"], preprocessing.color),
+              ("normalisation mean", [round(float(m), 6) for m in record["mean"]],
+               [round(float(m), 6) for m in preprocessing.mean]),
+              ("normalisation std", [round(float(s), 6) for s in record["std"]],
+               [round(float(s), 6) for s in preprocessing.std]))
+    for what, theirs, mine in checks:
+        if theirs != mine:
+            return f"{what}: {theirs} in the file, {mine} in this run"
+    return None
 
 
 def save(record: dict, path) -> Path:

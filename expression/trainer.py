@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,11 @@ DEMO_LR = 1e-3
 
 def resolve_paths(args) -> None:
     """Fill in the defaults that depend on other flags (demo data, weights, run name)."""
+    if args.init and args.weights is not None:
+        raise UsageError(f"--init and --weights both choose the starting weights: drop --weights {args.weights} "
+                         f"to start from {args.init}")
+    if args.init:
+        args.weights = "none"  # the network is built empty, then takes the --init file's weights
     if args.demo_corner and not args.demo:
         raise UsageError("--demo-corner only applies with --demo")
     if args.demo:
@@ -114,6 +120,27 @@ def load_resume_state(args, class_names, preprocessing) -> dict:
     return state
 
 
+def load_init(args, class_names, preprocessing) -> tuple[dict, list[dict]]:
+    """The --init checkpoint (model file or training state) and the lineage a run from it records.
+    Its network, classes and preprocessing must be this run's: the weights are only meaningful there."""
+    record = checkpoint.load_record(args.init, option="init")
+    differs = checkpoint.mismatch(record, ARCH, class_names, preprocessing)
+    if differs:
+        raise UsageError(f"--init {args.init} does not match this run ({differs}): start from a model trained "
+                         f"with the same data classes, --img-size and --norm, or pass those flags to match it")
+    return record, checkpoint.lineage_of(args.init, record)
+
+
+def start_from(model, record: dict, path) -> None:
+    """Put an --init record's weights (float16 or float32) into the freshly built model."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in record["model"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UsageError(f"--init {path}: weights do not fit a {ARCH} with {len(record['class_names'])} classes "
+                         f"({str(err).splitlines()[0][:100]}): the file is damaged") from None
+
+
 def run(args) -> int:
     """Train as the parsed flags say; returns the exit status (130: interrupted, resumable)."""
     resolve_paths(args)
@@ -155,9 +182,19 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
     mean, std = recipe.NORMS[args.norm]
     preprocessing = Preprocessing(args.img_size, mean, std, train_split.color)
     resume = load_resume_state(args, class_names, preprocessing) if args.resume else None
+    init, lineage = load_init(args, class_names, preprocessing) if args.init else (None, [])
+    if resume and resume.get("lineage") is not None:  # a resumed cycle keeps the lineage it started with
+        lineage = list(resume["lineage"])
+    command = shlex.join(["python", "train_resnet34.py", *sys.argv[1:]]) if rank0 else ""
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
-    model = build_model(ARCH, len(class_names), weights=args.weights).to(device)
+    model = build_model(ARCH, len(class_names), weights=args.weights)
+    if init:
+        start_from(model, init, args.init)
+        if rank0:
+            print(f"starting from {args.init} ({lineage[-1]['total_epochs']} epochs behind its weights, "
+                  f"sha256 {lineage[-1]['sha256'][:12]}): a fresh optimizer and schedule")
+    model = model.to(device)
     if recipe.use_channels_last(args.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = recipe.resolve_amp(args.amp, device)
@@ -204,7 +241,8 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
         if rank0:
             record = checkpoint.model_record(model, preprocessing, arch=ARCH, class_names=class_names,
                                              args=vars(args), epoch=state.epoch, fmt=checkpoint.STATE_FORMAT,
-                                             metrics=state.history[-1] if state.history else {})
+                                             metrics=state.history[-1] if state.history else {},
+                                             lineage=lineage, command=command)
             checkpoint.save({**record, **saved}, run_dir / "checkpoint.pt")
 
     if rank0:
@@ -267,11 +305,13 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
     if final is None:  # the chosen epoch, or a resumed run that had already finished
         final = evaluate_on(eval_model, test_loader)
     if rank0:
-        write_outputs(args, run_dir, eval_model, preprocessing, class_names, history, chosen, final)
+        write_outputs(args, run_dir, eval_model, preprocessing, class_names, history, chosen, final,
+                      lineage=lineage, command=command)
     return 0
 
 
-def write_outputs(args, run_dir: Path, model, preprocessing, class_names, history, chosen, final) -> None:
+def write_outputs(args, run_dir: Path, model, preprocessing, class_names, history, chosen, final, *,
+                  lineage=(), command: str = "") -> None:
     """Reports use the saved model's predictions only (the seed pooled every epoch's predictions)."""
     which = f" (epoch {chosen['epoch']}, best on val)" if chosen and "val_acc" in chosen else ""
     title = f"{args.name}: test accuracy {final.acc:.2%}{which}"
@@ -280,7 +320,8 @@ def write_outputs(args, run_dir: Path, model, preprocessing, class_names, histor
     metrics = dict(chosen) if chosen else {}
     metrics.update(test_acc=final.acc, test_loss=final.loss, test_images=int(len(final.targets)))
     record = checkpoint.model_record(model, preprocessing, arch=ARCH, class_names=class_names, args=vars(args),
-                                     epoch=chosen["epoch"] if chosen else 0, metrics=metrics)
+                                     epoch=chosen["epoch"] if chosen else 0, metrics=metrics, lineage=list(lineage),
+                                     command=command)
     model_path = checkpoint.save(record, Path(args.models_dir) / f"{args.name}.pt")
     print(f"test accuracy {final.acc:.2%}{which} on {len(final.targets)} images; model: {model_path}; "
           f"reports: {run_dir}/")
