@@ -20,6 +20,7 @@ from pathlib import Path
 from expression.checkpoint import open_model
 from expression.cli import ArgumentParser, add_checkpoint_argument, UsageError, positive_int, resolve_device, run_main
 from expression.io import ensure_writable_dir
+from expression.prediction import DEFAULT_FACE_TTA, FACE_TTA
 from expression.webapp import DEFAULT_MAX_PIXELS
 
 MAX_UPLOAD_MB = 100  # the upload itself; the pixel count is checked separately (--max-pixels)
@@ -39,6 +40,8 @@ def get_args_parser() -> ArgumentParser:
                         help="larger images are refused before they are decoded (decompression bombs)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="where the model runs (auto: cuda, then mps, else cpu)")
+    parser.add_argument("--tta", default=DEFAULT_FACE_TTA, choices=FACE_TTA,
+                        help="flip: average each face's probabilities with its mirror image's; none: plain face")
     return parser
 
 
@@ -55,7 +58,7 @@ def main(args) -> int:
 
     device = resolve_device(args.device)
     model, ckpt, _ = open_model(args.checkpoint, device, real_photos=True)
-    app = WebApp(model, ckpt, device, out_dir, max_pixels=args.max_pixels)
+    app = WebApp(model, ckpt, device, out_dir, max_pixels=args.max_pixels, tta=args.tta)
     demo, theme = build_interface(app)
     try:
         _, local_url, share_url = demo.launch(

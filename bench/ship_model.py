@@ -9,7 +9,6 @@ records it with the recipe, epochs, data counts and the file's sha256 (checked b
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,12 +24,15 @@ from expression.io import write_json
 MANIFEST = checkpoint.SHIPPED_MODEL.with_suffix(".json")
 
 
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def lineage_with_commands(lineage: list, manifest_path: Path) -> list:
+    """The record's lineage, each cycle with its command: models shipped before records kept their
+    command have it only in the manifest they shipped with (matched by sha256)."""
+    known = {}
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        known = {old.get("sha256"): old.get("command")}
+        known.update({entry.get("sha256"): entry.get("command") for entry in old.get("lineage") or []})
+    return [{**entry, "command": entry.get("command") or known.get(entry["sha256"]) or ""} for entry in lineage]
 
 
 def half_record(record: dict) -> dict:
@@ -44,6 +46,7 @@ def main(args) -> int:
     record = checkpoint.load_record(args.source)
     if record["class_names"] != class_folders(args.test_dir):
         raise UsageError(f"{args.test_dir} classes differ from the model's {record['class_names']}")
+    lineage = lineage_with_commands(record.get("lineage") or [], args.manifest)  # before it is replaced
     out = checkpoint.save(half_record(record), args.out)
     model, ckpt = checkpoint.load_model(out)  # exactly what users get: float16 on disk, float32 in memory
     prep = Preprocessing.from_checkpoint(ckpt)
@@ -53,14 +56,15 @@ def main(args) -> int:
     accuracy = {mode: evaluate(model, loader, "cpu", False, tta=mode).acc for mode in ("none", "flip")}
     train_args = ckpt["args"]
     manifest = {
-        "file": out.name, "sha256": sha256(out), "bytes": out.stat().st_size, "dtype": "float16",
+        "file": out.name, "sha256": checkpoint.file_sha256(out), "bytes": out.stat().st_size, "dtype": "float16",
         "arch": ckpt["arch"], "class_names": ckpt["class_names"], "img_size": ckpt["img_size"],
-        "recipe": train_args.get("recipe"), "command": args.command,
+        "recipe": train_args.get("recipe"), "command": args.command or ckpt.get("command", ""),
         "epochs_trained": train_args.get("epochs"), "epoch_saved": ckpt["epoch"],
         "train_images": args.train_images, "val_images": args.val_images,
         "test_split": "FER2013 PublicTest", "test_images": len(split.labels),
         "public_test_accuracy": round(accuracy["none"], 4), "public_test_accuracy_flip_tta": round(accuracy["flip"], 4),
         "val_accuracy": ckpt["metrics"].get("val_acc"),
+        "total_epochs": checkpoint.total_epochs(ckpt), "lineage": lineage,
     }
     write_json(args.manifest, manifest)
     print(json.dumps(manifest, indent=2))
@@ -73,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-dir", required=True, help="FER2013 PublicTest ImageFolder split")
     parser.add_argument("--out", type=Path, default=checkpoint.SHIPPED_MODEL)
     parser.add_argument("--manifest", type=Path, default=MANIFEST)
-    parser.add_argument("--command", default="", help="the training command, recorded as given")
+    parser.add_argument("--command", default="", help="the training command (default: the one the model records)")
     parser.add_argument("--train-images", type=int, default=None)
     parser.add_argument("--val-images", type=int, default=None)
     return parser

@@ -27,7 +27,7 @@ class RecordWriter:
         if self.fmt == "csv":
             self._csv = csv.writer(self._file)
             self._csv.writerow(["source", "frame", "face", "x", "y", "w", "h", "label",
-                                *(f"prob_{c}" for c in self.class_names), "true_label", "annotated", "note"])
+                                *(f"prob_{c}" for c in self.class_names), "tta", "true_label", "annotated", "note"])
         return self
 
     def write(self, record: dict) -> None:
@@ -39,7 +39,7 @@ class RecordWriter:
         probs = record["probabilities"] or {}
         self._csv.writerow([_cell(v) for v in (record["source"], record["frame"], record["face"], *box,
                                                record["label"], *(probs.get(c) for c in self.class_names),
-                                               record["true_label"], record["annotated"], record["note"])])
+                                               record.get("tta"), record["true_label"], record["annotated"], record["note"])])
 
     def __exit__(self, *exc):
         self._file.close()

@@ -230,7 +230,8 @@ class WebApp:
         if key not in self._classifiers:
             try:
                 self._classifiers[key] = Classifier(self.model, self.ckpt, self.device, method, layer,
-                                                    self.predictor.classifier.batch_size)
+                                                    self.predictor.classifier.batch_size,
+                                                    self.predictor.classifier.tta)
             except ValueError as err:
                 raise BadInput(f"{method} at {layer}: {err}") from None
         return self._classifiers[key]
@@ -267,7 +268,7 @@ class WebApp:
         item.annotated = f"{folder.relative_to(self.out_dir).as_posix()}/{stem}_annotated.jpg"
         photo = annotate(replace(item, heats=None), self.class_names)  # the heat map is in the face panels
         ImageSink(self.out_dir / item.annotated).put(photo)
-        face_records = records(item, self.class_names)
+        face_records = records(item, self.class_names, classifier.tta)
         records_path = folder / "predictions.jsonl"
         with RecordWriter(records_path, "jsonl", self.class_names) as writer:
             for record in face_records:

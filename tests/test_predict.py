@@ -23,7 +23,7 @@ from expression.prediction import Classifier
 from predict_FER import get_args_parser, main
 
 FACE_CENTRE = (225, 114)  # astronaut, 512 px
-FIELDS = {"source", "frame", "face", "box", "label", "probabilities", "true_label", "annotated", "note"}
+FIELDS = {"source", "frame", "face", "box", "label", "probabilities", "tta", "true_label", "annotated", "note"}
 
 
 def predict(*argv):
@@ -88,6 +88,7 @@ def test_astronaut_one_face_at_the_right_place(image_run):
     assert list(probs) == list(FER2013_CLASSES)
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
     assert record["label"] == max(probs, key=probs.get)
+    assert record["tta"] == "flip"  # the default: the face and its mirror image averaged
     assert sum(1 for k in records if k == "a/astronaut.png") == 1
 
 
@@ -185,6 +186,35 @@ def test_batches_give_the_same_probabilities_as_one_by_one(random_checkpoint):
     together, _ = Classifier(model, ckpt, "cpu", batch_size=64)(crops)
     alone, _ = Classifier(model, ckpt, "cpu", batch_size=1)(crops)
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_flip_default_averages_the_face_and_its_mirror(random_checkpoint):
+    import torch
+
+    model, ckpt = load_model(random_checkpoint)
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 255, (s, s, 3), dtype=np.uint8) for s in (48, 64, 97)]
+    flipped, _ = Classifier(model, ckpt, "cpu")(crops)
+    plain, _ = Classifier(model, ckpt, "cpu", tta="none")(crops)
+    mirrored, _ = Classifier(model, ckpt, "cpu", tta="none")([np.ascontiguousarray(c[:, ::-1]) for c in crops])
+    np.testing.assert_allclose(flipped, (plain + mirrored) / 2, atol=1e-5)
+    assert np.abs(flipped - plain).max() > 1e-4  # a random network is not mirror-symmetric
+    # with a heat map: the same averaged probabilities, and the plain face's map of the class they pick
+    with_map, heats = Classifier(model, ckpt, "cpu", cam="hirescam")(crops)
+    np.testing.assert_allclose(with_map, flipped, atol=1e-5)
+    from gradcam import explain
+    x = Classifier(model, ckpt, "cpu").prep.to_tensor(crops)
+    expected = explain(model, x, layers=("layer1",), methods=("hirescam",),
+                       targets=torch.from_numpy(flipped.argmax(1))).maps["hirescam/layer1"].numpy()
+    np.testing.assert_allclose(heats, expected, atol=1e-5)
+
+
+def test_tta_none_records_say_so(photos, random_checkpoint, tmp_path):
+    code = predict("--checkpoint", random_checkpoint, "--out", tmp_path, "--quiet", "--no-annotate",
+                   "--tta", "none", "--format", "csv", photos / "a" / "astronaut.png")
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert rows[0]["tta"] == "none"
 
 
 # ---------------------------------------------------------------------------------------------------
