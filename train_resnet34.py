@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from expression import recipe, trainer
-from expression.cli import (ArgumentParser, fraction, non_negative_float, non_negative_int, positive_float,
+from expression.cli import (ArgumentParser, command_line, fraction, non_negative_float, non_negative_int, positive_float,
                             positive_int, run_main)
 from expression.recipe import preset_help
 from expression.trainer import DEMO_EPOCHS, DEMO_LR, DEMO_ROOT
@@ -108,7 +108,8 @@ def get_args_parser() -> ArgumentParser:
 
 
 def main(args) -> int:
-    return trainer.run(args)
+    # Before run() fills in the defaults that depend on other flags: the command as the user gave it.
+    return trainer.run(args, command=command_line(get_args_parser(), args, "train_resnet34.py"))
 
 
 if __name__ == "__main__":

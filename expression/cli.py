@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 
 import torch
@@ -54,6 +55,33 @@ def add_checkpoint_argument(parser) -> None:
                         help="model file (default: the newest models/*.pt, else the shipped FER2013 model "
                              "models/shipped/; on your own photos, models trained on the drawn demo faces "
                              "are passed over unless named here)")
+
+
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace, program: str) -> str:
+    """The shell command that parses to `args`: `program` and every option whose value is not the
+    parser's default, in the parser's order. Records name the command that made them this way, the
+    same however the script was called (a shell, a test, another script)."""
+    words = ["python", program]
+    for action in parser._actions:  # argparse keeps no public list of its actions
+        if not action.option_strings or action.dest == "help":
+            if not action.option_strings and action.dest != "help":  # a positional argument
+                value = getattr(args, action.dest, None)
+                words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])
+                          if v is not None]
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+        if isinstance(action, argparse.BooleanOptionalAction):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        elif action.nargs == 0:  # store_true / store_false
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(words)
 
 
 def positive_int(text: str) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -141,8 +140,9 @@ def start_from(model, record: dict, path) -> None:
                          f"({str(err).splitlines()[0][:100]}): the file is damaged") from None
 
 
-def run(args) -> int:
-    """Train as the parsed flags say; returns the exit status (130: interrupted, resumable)."""
+def run(args, command: str = "") -> int:
+    """Train as the parsed flags say; returns the exit status (130: interrupted, resumable). `command`:
+    the command line to record in the model (train_resnet34.main gives it)."""
     resolve_paths(args)
     device = resolve_device(args.device)
     dist_info = distributed.init_from_env(device)
@@ -150,7 +150,7 @@ def run(args) -> int:
     rank0 = dist_info.is_main
     progress = rank0 and use_progress_bars(args.quiet)
     try:
-        return _train(args, device, dist_info, rank0, progress)
+        return _train(args, device, dist_info, rank0, progress, command)
     except KeyboardInterrupt:  # before the first epoch: nothing worth keeping was written yet
         print("\ninterrupted before training started", file=sys.stderr)
         return 130
@@ -158,7 +158,7 @@ def run(args) -> int:
         distributed.shutdown(dist_info)
 
 
-def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
+def _train(args, device, dist_info, rank0: bool, progress: bool, command: str) -> int:
     run_dir = Path(args.out) / args.name
     if rank0:
         ensure_writable_dir(run_dir, "--out")
@@ -185,7 +185,6 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
     init, lineage = load_init(args, class_names, preprocessing) if args.init else (None, [])
     if resume and resume.get("lineage") is not None:  # a resumed cycle keeps the lineage it started with
         lineage = list(resume["lineage"])
-    command = shlex.join(["python", "train_resnet34.py", *sys.argv[1:]]) if rank0 else ""
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     model = build_model(ARCH, len(class_names), weights=args.weights)

@@ -94,3 +94,21 @@ def test_a_parent_that_does_not_match_the_run_is_refused(tmp_path, image_folder,
     expect_one_line(capsys, train(tmp_path, image_folder, "x", "--init", str(tmp_path / "missing.pt")),
                     "--init", "no checkpoint at")
     assert not model_file(tmp_path, "x").exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["--demo", "--epochs", "3"],
+                                  ["--data", "my data", "--recipe", "cpu", "--init", "m.pt", "--lr", "4e-4",
+                                   "--no-nesterov", "--quiet", "--ema", "0.999"],
+                                  ["--recipe", "strong", "--nesterov", "--val-split", "0.1"]])
+def test_the_recorded_command_parses_back_to_the_same_options(argv):
+    import shlex
+
+    from expression.cli import command_line
+
+    parser = train_resnet34.get_args_parser()
+    args = parser.parse_args(argv)
+    command = command_line(parser, args, "train_resnet34.py")
+    words = shlex.split(command)
+    assert words[:2] == ["python", "train_resnet34.py"]
+    assert vars(parser.parse_args(words[2:])) == vars(args)
+    assert len(words) - 2 <= len(argv)  # only what differs from the defaults
