@@ -35,7 +35,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 # channel and face (a few seconds a face on a CPU at layer4); the others one pass or two.
 CAMS = ("none",) + METHODS
 # The map --cam shows by default (and the browser app imports): chosen on evaluate_explanations.py's
-# demo-face table (README, "Which map to trust at 48 px"). At 48 px layer3 (3x3) and layer4 (2x2) maps
+# demo-face table (docs/explanations.md, "Which map to trust at 48 px"). At 48 px layer3 (3x3) and layer4 (2x2) maps
 # point at the evidence less often than a centred blob; the 12x12 layer1 maps localise. LayerCAM and
 # Grad-CAM++ point best there but fail the randomisation check (their maps barely change when fc is
 # re-initialised: they show the image, not the class); HiResCAM at layer1 beats both baselines on

@@ -35,7 +35,7 @@ RECIPES = {
                    class_balance="none", ema=0.999, norm="imagenet", val_split=0.1, amp="auto",
                    channels_last="auto"),
     # What to run with only a CPU: chosen for accuracy per CPU-minute at 48 px from scratch (see the
-    # README's recipe table). One-cycle Adam is what made short runs work; decoupled weight decay,
+    # recipe table in docs/results.md). One-cycle Adam is what made short runs work; decoupled weight decay,
     # smoothing, erasing and rotation/scale jitter are what a 20-epoch run needs against overfitting.
     "cpu": dict(img_size=48, epochs=20, lr=1e-3, optimizer="adamw", momentum=0.9, nesterov=False,
                 weight_decay=0.05, schedule="onecycle", warmup_epochs=0.0, label_smoothing=0.1, mixup=0.0,
