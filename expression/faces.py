@@ -4,9 +4,9 @@ The detectors are OpenCV's Haar cascades, whose XML files ship inside the opencv
 (`cv2.data.haarcascades`); OpenCV 5 wheels dropped them, hence the `<5` pin. Nothing is downloaded at
 run time. `none` treats the whole image as one face (pre-cropped faces such as FER2013 files).
 
-Why alt2 is the default (measured on images scikit-image ships, both at minNeighbors 5; see the
-docs/prediction.md): it finds at least as many faces as `haarcascade_frontalface_default.xml` (scikit-image's 100
-LFW faces at 28/40/64/96 px: 85/93/98/98 found vs 80/90/96/95) and none of its false boxes on
+Why alt2 is the default (measured on images scikit-image ships, both at minNeighbors 5; see
+docs/prediction.md): it finds at least as many faces as `haarcascade_frontalface_default.xml`
+(scikit-image's 100 LFW faces at 28/40/64/96 px: 85/93/98/98 found vs 80/90/96/95) and none of its false boxes on
 face-free photos (0 vs 7 on 16 photos: six on coins, one on cells), at the same speed.
 
     from expression.faces import FaceDetector, crop_faces, image_to_rgb
