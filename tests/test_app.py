@@ -382,7 +382,8 @@ def test_page_builds_and_passes_any_upload_on(app, photos, tmp_path, monkeypatch
         str(photos / "notes.txt")  # gr.Image alone would raise PIL's UnidentifiedImageError here
     # the file as uploaded, not a converted copy: a 16-bit PNG keeps its 16 bits, a .jpg its name
     Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(tmp_path / "deep.png")
-    assert upload.preprocess(FileData(path=str(tmp_path / "deep.png"), orig_name="deep.png")) == str(tmp_path / "deep.png")
+    deep = FileData(path=str(tmp_path / "deep.png"), orig_name="deep.png")
+    assert upload.preprocess(deep) == str(tmp_path / "deep.png")
     assert upload.image_mode is None  # and no converted copy was written to gradio's cache:
     assert {p.name for p in (tmp_path / "cache").rglob("*.png")} <= {"astronaut.png", "demo_faces.png"}
     images = [b for b in demo.blocks.values() if isinstance(b, gr.Image)]
