@@ -8,8 +8,8 @@ an attention map, and download the records in predict_FER.py's format.
 
 Offline by design: no analytics, system fonts instead of Google Fonts, no public share link unless
 --share. Everything the app writes (examples, uploads, annotated photos, records) stays under --out,
-under random names, and is deleted 10 minutes after it was written (or sooner, oldest first, beyond
---max-out-mb). Only the examples and gradio's own cache of this session's files are served. Serving it
+under random names, and is deleted 10 minutes after it was written (--keep-minutes; sooner, oldest
+first, beyond --max-out-mb). Only the examples and gradio's own cache of this session's files are served. Serving it
 to other people: docs/serving.md (a reverse proxy with authentication in front; --root-path).
 The page's logic is expression/webapp.py; the prediction pipeline is predict_FER.py's
 (expression/prediction.py).
@@ -48,9 +48,11 @@ def get_args_parser() -> ArgumentParser:
                         help="folder for everything the app writes: examples, uploads, annotated photos, records")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="larger images are refused before they are decoded (decompression bombs)")
+    parser.add_argument("--keep-minutes", type=positive_int, default=KEEP_SECONDS // 60,
+                        help="uploads and results under --out are deleted this long after they were written "
+                             "(changing the explanation of an upload works until then)")
     parser.add_argument("--max-out-mb", type=positive_int, default=DEFAULT_MAX_OUT_MB,
-                        help=f"uploads and results under --out are deleted {KEEP_SECONDS // 60} minutes after "
-                             f"they were written, and the oldest sooner while they add up to more than this")
+                        help="and the oldest of them sooner while they add up to more than this")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="where the model runs (auto: cuda, then mps, else cpu)")
     parser.add_argument("--tta", default=DEFAULT_FACE_TTA, choices=FACE_TTA,
@@ -75,7 +77,8 @@ def main(args) -> int:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
     model, ckpt, _ = open_model(args.checkpoint, device, real_photos=True)
     app = WebApp(model, ckpt, device, out_dir, max_pixels=args.max_pixels, tta=args.tta, workers=args.workers,
-                 max_out_mb=args.max_out_mb, cache_dir=out_dir / "cache")
+                 max_out_mb=args.max_out_mb, keep_seconds=60 * args.keep_minutes,
+                 cache_dir=out_dir / "cache")
     demo, theme = build_interface(app)
     sweeper = threading.Thread(target=sweep_every_minute, args=(app,), daemon=True, name="sweep")
     sweeper.start()

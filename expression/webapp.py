@@ -128,13 +128,14 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return read_upload(path, max_pixels)[0]
 
 
-def read_upload(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, bool]:
+def read_upload(path, max_pixels: int = DEFAULT_MAX_PIXELS,
+                keep_seconds: float = KEEP_SECONDS) -> tuple[np.ndarray, bool]:
     """read_image, and whether the file is an animation of which only the first frame was read."""
     path = Path(path)
     try:
         if not path.is_file():
             raise BadInput(f"{path.name} is no longer on the server (uploads are deleted "
-                           f"{KEEP_SECONDS // 60} minutes after they arrive): upload it again")
+                           f"{keep_seconds / 60:g} minutes after they arrive): upload it again")
         if path.stat().st_size == 0:
             raise BadInput(f"{path.name} is empty")
         with Image.open(path) as img:
@@ -422,7 +423,7 @@ class WebApp:
         else:
             if image is None:
                 raise BadInput(WAITING)
-            rgb, animated = read_upload(image, self.max_pixels)
+            rgb, animated = read_upload(image, self.max_pixels, self.keep_seconds)
             name = name or Path(image).name
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise BadInput(f"expected an RGB uint8 picture, got {rgb.dtype} {rgb.shape}")

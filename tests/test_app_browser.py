@@ -16,11 +16,7 @@ import io
 import json
 import os
 import shutil
-import socket
 import struct
-import subprocess
-import sys
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -30,6 +26,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from expression.app_client import AppClient, serve
 from expression.checkpoint import SHIPPED_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,33 +67,17 @@ def browser():
     chrome.quit()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """app.py as a user starts it, in an empty working folder, on a free port, two requests at a time."""
     pytest.importorskip("gradio", reason="the app needs gradio: pip install -r requirements-app.txt")
     work = tmp_path_factory.mktemp("app_cwd")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", str(SHIPPED_MODEL),
-                             "--port", str(port), "--out", "out", "--device", "cpu", "--workers", "2"],
-                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while not any(line.startswith("app: running on") for line in lines):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("app.py did not start:\n" + "".join(lines))
-        time.sleep(0.3)
-    url = next(line for line in lines if line.startswith("app: running on")).split()[3]
-    yield url, work, lines
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        with serve(["--checkpoint", SHIPPED_MODEL, "--out", "out", "--device", "cpu", "--workers", "2"], work,
+                   START_TIMEOUT) as running:
+            yield running.url, work, running.lines, running
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 def wait_for(chrome, predicate, what: str, timeout: float = RESULT_TIMEOUT):
@@ -114,43 +95,7 @@ def status(chrome) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Over HTTP: gradio's upload and /call API, what gradio_client uses, one httpx.Client per user
-
-
-class User:
-    """One client of the served app, with its own connection and cookies."""
-
-    def __init__(self, url: str):
-        import httpx
-        self.base = url.rstrip("/")
-        self.http = httpx.Client(timeout=RESULT_TIMEOUT * 3)
-
-    def upload(self, path: Path) -> str:
-        with open(path, "rb") as f:
-            response = self.http.post(f"{self.base}/gradio_api/upload", files={"files": (path.name, f)})
-        response.raise_for_status()
-        return response.json()[0]  # where the server keeps it
-
-    def analyse(self, path: Path, method: str = "none", layer: str = "layer1", attention: bool = False) -> list:
-        """-> the page's four outputs: annotated photo, face panels, records (file dicts or None), status."""
-        upload = {"path": self.upload(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
-        response = self.http.post(f"{self.base}/gradio_api/call/analyse",
-                                  json={"data": [upload, method, layer, attention, False]})
-        response.raise_for_status()
-        stream = self.http.get(f"{self.base}/gradio_api/call/analyse/{response.json()['event_id']}").text
-        event = None
-        for line in stream.splitlines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event == "complete":
-                return json.loads(line[5:])
-        pytest.fail(f"no result for {path.name}: {stream[-500:]}")
-
-    def fetch(self, url_or_path: str):
-        """(status code, bytes) of a URL of the app, or of a server path through gradio's file route."""
-        url = url_or_path if url_or_path.startswith("http") else f"{self.base}/gradio_api/file={url_or_path}"
-        response = self.http.get(url)
-        return response.status_code, response.content
+# Over HTTP: gradio's upload and /call API, what gradio_client uses, one client per user
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -189,8 +134,8 @@ def astronaut_files(folder: Path) -> dict:
 
 
 def test_every_image_mode_through_the_served_app(server, tmp_path):
-    url, work, _ = server
-    user = User(url)
+    url, work, *_ = server
+    user = AppClient(url)
     for name, path in astronaut_files(tmp_path).items():
         annotated, panels, records, status = user.analyse(path)
         assert status.startswith(f"1 face(s) in {name.replace('_', chr(92) + '_').replace('.', chr(92) + '.')} "
@@ -219,9 +164,9 @@ def test_every_image_mode_through_the_served_app(server, tmp_path):
 
 
 def test_a_second_client_cannot_fetch_the_first_ones_files(server, tmp_path):
-    url, work, _ = server
+    url, work, *_ = server
     out = (work / "out").resolve()
-    alice, bob = User(url), User(url)
+    alice, bob = AppClient(url), AppClient(url)
     paths = astronaut_files(tmp_path)
     before = set((out / "requests").iterdir())
     a_annotated, a_panels, a_records, a_status = alice.analyse(paths["astronaut_8bit.png"], "hirescam", "layer1", True)
@@ -272,7 +217,7 @@ def test_a_second_client_cannot_fetch_the_first_ones_files(server, tmp_path):
 
 def test_astronaut_three_ways_then_a_text_file(browser, server, tmp_path):
     from selenium.webdriver.common.by import By
-    url, work, lines = server
+    url, work, lines, _ = server
     assert url.startswith("http://127.0.0.1:")
     assert any(line.startswith(f"model: {SHIPPED_MODEL}") for line in lines)  # says which model it took
     photos = astronaut_files(tmp_path)
@@ -322,3 +267,19 @@ def test_astronaut_three_ways_then_a_text_file(browser, server, tmp_path):
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(r.startswith(url.rstrip("/")) for r in resources), resources
     assert sorted(p.name for p in work.iterdir()) == ["out"]  # nothing written outside --out
+
+
+def test_the_app_benches_run_against_the_served_app(server, tmp_path, monkeypatch):
+    """bench/app_latency.py --clients and bench/app_resources.py, on a few requests: they measure what they say."""
+    url, work, _, running = server
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import app_latency
+    import app_resources
+    photo = astronaut_files(tmp_path)["astronaut_8bit.png"]
+    times = app_latency.concurrent_requests(url, photo, clients=2, requests=3, warmup=0)
+    assert len(times) == 3 and min(times) > 0
+    (tmp_path / "fake.png").write_text("not a picture\n")
+    figures = app_resources.measure(running, tmp_path, work / "out", [photo, tmp_path / "fake.png"], 3, bare_mb=1)
+    assert figures["refused"] == 1 and 0 < figures["rss_start"] <= figures["rss_peak"]
+    assert figures["rss_after"] <= figures["rss_peak"]
+    assert figures["disk_after_bare_uploads"] >= figures["disk_start"] + 2.9  # three 1 MB uploads, counted
