@@ -393,3 +393,19 @@ def test_page_builds_and_passes_any_upload_on(app, photos, tmp_path, monkeypatch
     assert "googleapis" not in json.dumps(theme._get_theme_css() if hasattr(theme, "_get_theme_css") else "")
     fonts = [f.name if hasattr(f, "name") else str(f) for f in theme._font]
     assert fonts == ["system-ui", "sans-serif"]
+
+
+
+def test_the_sweep_spares_gradios_copies_of_the_examples(app, tmp_path, monkeypatch):
+    pytest.importorskip("gradio", reason="the page needs gradio: pip install -r requirements-app.txt")
+    import time
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(app, "cache_dir", tmp_path / "cache")  # as app.py sets it
+    monkeypatch.setattr(app, "protected", set())
+    webapp.build_interface(app)
+    copies = sorted(p.name for p in (tmp_path / "cache").rglob("*.png"))
+    assert copies == ["astronaut.png", "demo_faces.png"] and len(app.protected) == 2
+    (tmp_path / "cache" / "an_upload").mkdir()
+    app.sweep(now=time.time() + 10 * app.keep_seconds)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.png")) == copies  # the examples still work
+    assert not (tmp_path / "cache" / "an_upload").exists()
