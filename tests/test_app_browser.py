@@ -261,6 +261,10 @@ def test_astronaut_three_ways_then_a_text_file(browser, server, tmp_path):
     browser.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(fake))
     said = wait_for(browser, lambda: "Could not analyse" in status(browser) and status(browser), "the error message")
     assert "fake.png is not an image this app can read" in said
+    # said once, in the status line: no toast of the app's that would stay over the next result (the one
+    # left is the page's own about notes.txt)
+    toasts = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']")]
+    assert not [t for t in toasts if "fake.png" in t or "analyse" in t], toasts
     assert not browser.execute_script("const i = document.querySelector('#annotated img'); return i && i.src;")
 
     # offline: every resource the page loaded came from the app itself (no CDN, no fonts, no analytics)
