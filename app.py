@@ -4,10 +4,13 @@ an attention map, and download the records in predict_FER.py's format.
 
     pip install -r requirements-app.txt
     python app.py                                   # http://127.0.0.1:7860, the model predict_FER.py takes
-    python app.py --checkpoint models/resnet34_fer2013.pt --host 0.0.0.0 --port 8080
+    python app.py --checkpoint models/resnet34_fer2013.pt --workers 4 --port 8080
 
 Offline by design: no analytics, system fonts instead of Google Fonts, no public share link unless
---share. Everything the app writes (examples, uploads, annotated photos, records) stays under --out.
+--share. Everything the app writes (examples, uploads, annotated photos, records) stays under --out,
+under random names, and is deleted 10 minutes after it was written (--keep-minutes; sooner, oldest
+first, beyond --max-out-mb). Only the examples and gradio's own cache of this session's files are served. Serving it
+to other people: docs/serving.md (a reverse proxy with authentication in front; --root-path).
 The page's logic is expression/webapp.py; the prediction pipeline is predict_FER.py's
 (expression/prediction.py).
 """
@@ -15,13 +18,15 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from expression.checkpoint import open_model
 from expression.cli import ArgumentParser, add_checkpoint_argument, UsageError, positive_int, resolve_device, run_main
 from expression.io import ensure_writable_dir
 from expression.prediction import DEFAULT_FACE_TTA, FACE_TTA
-from expression.webapp import DEFAULT_MAX_PIXELS
+from expression.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers
 
 MAX_UPLOAD_MB = 100  # the upload itself; the pixel count is checked separately (--max-pixels)
 
@@ -32,12 +37,22 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0: reachable from other machines)")
     parser.add_argument("--port", type=positive_int, default=7860, help="port to listen on")
+    parser.add_argument("--root-path", default=None,
+                        help="the URL path the app is served under behind a reverse proxy (e.g. /expressions)")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(),
+                        help="requests served at once, each with its own copy of the model (default: this "
+                             "machine's cores, at most 8); torch threads are shared out among them")
     parser.add_argument("--share", action="store_true",
                         help="also open a public gradio.live link (needs the internet; off by default)")
     parser.add_argument("--out", default="runs/app",
                         help="folder for everything the app writes: examples, uploads, annotated photos, records")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="larger images are refused before they are decoded (decompression bombs)")
+    parser.add_argument("--keep-minutes", type=positive_int, default=KEEP_SECONDS // 60,
+                        help="uploads and results under --out are deleted this long after they were written "
+                             "(changing the explanation of an upload works until then)")
+    parser.add_argument("--max-out-mb", type=positive_int, default=DEFAULT_MAX_OUT_MB,
+                        help="and the oldest of them sooner while they add up to more than this")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="where the model runs (auto: cuda, then mps, else cpu)")
     parser.add_argument("--tta", default=DEFAULT_FACE_TTA, choices=FACE_TTA,
@@ -56,22 +71,41 @@ def main(args) -> int:
         raise UsageError("the app needs gradio: pip install -r requirements-app.txt") from None
     from expression.webapp import WebApp, build_interface
 
+    import torch
     device = resolve_device(args.device)
+    # workers x threads = cores: more intra-op threads than cores only spin
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
     model, ckpt, _ = open_model(args.checkpoint, device, real_photos=True)
-    app = WebApp(model, ckpt, device, out_dir, max_pixels=args.max_pixels, tta=args.tta)
+    app = WebApp(model, ckpt, device, out_dir, max_pixels=args.max_pixels, tta=args.tta, workers=args.workers,
+                 max_out_mb=args.max_out_mb, keep_seconds=60 * args.keep_minutes,
+                 cache_dir=out_dir / "cache")
     demo, theme = build_interface(app)
+    sweeper = threading.Thread(target=sweep_every_minute, args=(app,), daemon=True, name="sweep")
+    sweeper.start()
     try:
+        # Served: the examples, and gradio's cache (uploads and this session's results, in folders named
+        # by a keyed hash of their content). Not served: <out>/requests/, whatever its name.
         _, local_url, share_url = demo.launch(
             server_name=args.host, server_port=args.port, share=args.share, theme=theme, ssr_mode=False,
-            max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[str(out_dir)], prevent_thread_lock=True,
-            quiet=True, inbrowser=False)
+            max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=[str(out_dir / "examples")],
+            root_path=args.root_path, prevent_thread_lock=True, quiet=True, inbrowser=False)
     except OSError as err:  # port taken, or an address this machine does not have
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({err}): choose another --port or --host") \
             from None
-    print(f"app: running on {local_url}" + (f" and {share_url}" if share_url else "") + " (Ctrl-C stops it)",
-          flush=True)
+    print(f"app: running on {local_url}" + (f" and {share_url}" if share_url else "") +
+          f" with {args.workers} worker(s) (Ctrl-C stops it)", flush=True)
     demo.block_thread()
     return 0
+
+
+def sweep_every_minute(app) -> None:
+    """Uploads that were never analysed are deleted on time too (a request sweeps only when it runs)."""
+    while True:
+        time.sleep(60)
+        try:
+            app.sweep()
+        except OSError as err:  # a full or read-only disk must not end the thread for good
+            print(f"app: sweeping {app.out_dir}: {err}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 class FaceDetector:
-    """Callable: RGB or gray uint8 image -> list of (x, y, w, h) boxes, sorted left to right.
+    """Callable: RGB or gray uint8 image -> list of (x, y, w, h) boxes in reading order (`reading_order`).
 
     kind: one of DETECTORS. min_face: smallest face side in the image's own pixels. max_side: the
     image is downscaled so that its longer side is at most this before the scan (0 = never).
@@ -108,7 +108,20 @@ class FaceDetector:
             x0, y0 = round(x / scale), round(y / scale)
             x1, y1 = min(width, round((x + w) / scale)), min(height, round((y + h) / scale))
             boxes.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
-        return sorted(boxes)
+        return reading_order(boxes)
+
+
+def reading_order(boxes) -> list[Box]:
+    """Boxes as a person reads them: rows top to bottom, each row left to right. A box whose vertical
+    centre lies within the first box of the current row (taken top down) joins that row, so faces in a
+    row at slightly different heights are not split; a single row is simply left to right."""
+    rows: list[list] = []
+    for box in sorted(boxes, key=lambda b: (b[1] + b[3] / 2, b[0])):
+        if rows and box[1] + box[3] / 2 <= rows[-1][0][1] + rows[-1][0][3]:
+            rows[-1].append(box)
+        else:
+            rows.append([box])
+    return [box for row in rows for box in sorted(row)]
 
 
 @dataclass(frozen=True)

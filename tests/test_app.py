@@ -24,7 +24,7 @@ from expression.prediction import FacePredictor
 from expression.webapp import BadInput, WebApp, read_image
 from gradcam import attention_maps, explain
 
-FIELDS = {"source", "frame", "face", "box", "label", "probabilities", "true_label", "annotated", "note"}
+FIELDS = {"source", "frame", "face", "box", "label", "probabilities", "true_label", "annotated", "note", "tta"}
 FACE_CENTRE = (225, 114)  # the astronaut's face in the 512 px photo (see tests/test_predict.py)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -70,7 +70,7 @@ def out_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(random_checkpoint, out_dir):
-    return WebApp.from_checkpoint(random_checkpoint, out_dir=out_dir)
+    return WebApp.from_checkpoint(random_checkpoint, out_dir=out_dir, workers=2)
 
 
 def read_jsonl(path):
@@ -102,13 +102,24 @@ def test_astronaut_gives_predict_FER_records(app, photos, random_checkpoint, tmp
     assert written["probabilities"] == pytest.approx(record["probabilities"], abs=1e-5)
 
 
-def test_annotated_photo_is_drawings_annotate(app, photos):
-    from dataclasses import replace
-
-    from expression.drawing import annotate
-    result = app.analyse(str(photos / "astronaut.png"), method="none", attention=False)
-    item = FacePredictor(app.model, app.ckpt).analyse(skimage.data.astronaut(), source="astronaut.png")
-    np.testing.assert_array_equal(result.annotated, annotate(replace(item, heats=None), app.class_names))
+def test_the_photo_is_numbered_in_reading_order_and_the_panels_follow(app):
+    from expression.faces import reading_order
+    # two rows, the second face of the top row a little lower than the first: rows, then left to right
+    boxes = [(300, 40, 80, 80), (20, 200, 90, 90), (10, 10, 90, 90), (400, 190, 70, 70), (150, 30, 80, 80)]
+    assert reading_order(boxes) == [(10, 10, 90, 90), (150, 30, 80, 80), (300, 40, 80, 80), (20, 200, 90, 90),
+                                    (400, 190, 70, 70)]
+    result = app.analyse(str(app.examples[1]), method="none", attention=False)
+    xs = [r["box"][0] for r in result.records]
+    assert xs == sorted(xs) and [r["face"] for r in result.records] == [0, 1, 2]
+    assert [caption.split(":")[0] for _, caption in result.panels] == ["face 1", "face 2", "face 3"]
+    assert "1: **" in result.summary and "3: **" in result.summary
+    # nothing but a box and a number tag is drawn: outside the boxes and tags the photo is untouched
+    photo = np.asarray(Image.open(app.examples[1]).convert("RGB"))
+    changed = np.any(result.annotated != photo, axis=2)
+    inside = np.zeros_like(changed)
+    for x, y, w, h in (r["box"] for r in result.records):
+        inside[max(0, y - 70):y + h + 4, max(0, x - 4):x + w + 4] = True
+    assert changed.any() and not (changed & ~inside).any()
 
 
 def test_defaults_come_from_the_prediction_module(app):
@@ -141,7 +152,7 @@ def test_explanation_and_attention_are_the_librarys_maps(app, photos, method, la
     assert caption.startswith(f"face 1: {result.records[0]['label']} ")
     plain = app.analyse(str(photos / "astronaut.png"), method="none", attention=False)
     assert plain.heats is None and plain.attention is None
-    assert panel.shape[1] == plain.panels[0][0].shape[1] + 2 * (webapp.TILE + 6)  # two more tiles
+    assert panel.shape[1] == plain.panels[0][0].shape[1] + 2 * (webapp.TILE + 8)  # two more tiles
 
 
 def test_examples_are_written_at_start_up(app):
@@ -189,17 +200,21 @@ def test_simultaneous_requests_give_what_each_gives_alone(app, photos):
     assert len(alone[1].records) == 3
 
 
-def test_the_model_work_holds_the_lock(app, photos, monkeypatch):
+def test_the_model_work_holds_its_engines_lock(app, photos, monkeypatch):
     seen = []
     real = prediction.classify
 
     def spy(items, classifier):
-        seen.append(app.lock.locked())
+        engine = next(e for e in app.pool if e.model is classifier.model)
+        seen.append((engine.lock.locked(), app.engines.qsize()))
         return real(items, classifier)
 
     monkeypatch.setattr(prediction, "classify", spy)
     app.analyse(str(photos / "astronaut.png"))
-    assert seen == [True] and not app.lock.locked()
+    assert seen == [(True, app.workers - 1)]  # one engine checked out and locked, the others free
+    assert app.engines.qsize() == app.workers and not any(e.lock.locked() for e in app.pool)
+    assert app.pool[0].model is not app.pool[1].model  # each worker its own copy: its own hooks
+    assert app.pool[0].detector.cascade is not app.pool[1].detector.cascade
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -220,7 +235,7 @@ def test_bad_files_are_a_message(app, photos, name, words):
     before_inputs, before_requests = files_under(photos), sorted(app.requests_dir.iterdir())
     photo, panels, records_file, status, warning = app.respond(str(photos / name))
     assert photo is None and panels is None and records_file is None
-    assert words in status and status.startswith("**Could not analyse this file:**") and name in warning
+    assert words in warning and status.startswith("**Could not analyse this file:**") and name in warning
     assert files_under(photos) == before_inputs  # nothing written beside the upload
     assert sorted(app.requests_dir.iterdir()) == before_requests  # and nothing for the refused request
     assert app.respond(str(photos / "astronaut.png"))[0] is not None  # the next request is served
@@ -233,7 +248,7 @@ def test_no_face_is_a_message_and_a_record(app, photos, name, words):
     assert words in status and words in warning and panels is None
     assert photo.shape[0] >= 256  # the annotated copy, enlarged like predict_FER.py's
     assert read_jsonl(records_file) == [{"source": name, "frame": None, "face": None, "box": None, "label": None,
-                                         "probabilities": None, "true_label": None,
+                                         "probabilities": None, "tta": None, "true_label": None,
                                          "annotated": read_jsonl(records_file)[0]["annotated"],
                                          "note": "no face found"}]
     assert Path(records_file).resolve().is_relative_to(app.out_dir.resolve())
@@ -255,7 +270,8 @@ def test_pixel_limit_and_bad_choices(photos, random_checkpoint, tmp_path):
 def test_an_internal_error_is_a_message_too(app, photos, monkeypatch):
     monkeypatch.setattr(app, "_attention", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     status, warning = app.respond(str(photos / "astronaut.png"))[3:]
-    assert "internal error (RuntimeError: boom)" in status and not app.lock.locked()
+    assert "internal error \\(RuntimeError: boom\\)" in status and "internal error (RuntimeError: boom)" in warning
+    assert app.engines.qsize() == app.workers and not any(e.lock.locked() for e in app.pool)
 
 
 def test_read_image_any_mode(photos, tmp_path):
@@ -265,12 +281,75 @@ def test_read_image_any_mode(photos, tmp_path):
     assert read_image(tmp_path / "rgba.png").shape == (512, 512, 3)
     assert (read_image(tmp_path / "sixteen.png") == 255).all()
     assert read_image(photos / "astronaut_small_gray.jpg").shape == (300, 300, 3)
+    frames = [Image.new("RGB", (40, 30), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    rgb, animated = webapp.read_upload(tmp_path / "anim.gif")
+    assert animated and rgb[0, 0, 0] > 200 and rgb[0, 0, 2] < 50  # the first frame, red
+    assert webapp.read_upload(tmp_path / "rgba.png")[1] is False
+    with pytest.raises(BadInput, match="no longer on the server"):
+        read_image(tmp_path / "gone.png")
 
 
-def test_old_request_folders_are_deleted(photos, random_checkpoint, tmp_path):
-    small = WebApp.from_checkpoint(random_checkpoint, out_dir=tmp_path, keep_requests=2)
-    paths = [small.analyse(str(photos / "one_pixel.png")).records_path.parent for _ in range(3)]
-    assert sorted(small.requests_dir.iterdir()) == paths[1:]
+def test_an_animation_says_only_its_first_frame_was_used(app, photos, tmp_path):
+    astro = Image.fromarray(skimage.data.astronaut())
+    astro.save(tmp_path / "astro.gif", save_all=True, append_images=[astro.rotate(180)])
+    result = app.analyse(str(tmp_path / "astro.gif"), method="none", attention=False)
+    assert result.first_frame_only and "Only the first frame of this animation was analysed." in result.summary
+    assert "first frame" not in app.analyse(str(photos / "astronaut.png"), method="none", attention=False).summary
+
+
+def test_names_and_messages_are_shown_as_text(app, photos, tmp_path):
+    odd = tmp_path / "**bold** [x](y) _it_.png"
+    odd.write_bytes((photos / "one_pixel.png").read_bytes())
+    status = app.respond(str(odd))[3]
+    assert r"\*\*bold\*\* \[x\]\(y\) \_it\_\.png" in status
+    fake = tmp_path / "<b>fake<b>.png"
+    fake.write_text("text")
+    assert r"\<b\>fake\<b\>\.png is not an image" in app.respond(str(fake))[3]
+
+
+def test_a_non_square_crop_keeps_its_proportions():
+    crop = np.zeros((60, 120, 3), np.uint8)  # a wide whole-image face
+    panel = webapp.face_panel(crop, np.full(7, 1 / 7), list(FER2013_CLASSES), heat=np.ones((48, 48)),
+                              attention=None, titles=("face crop", "a very long explanation name at layerX", "x"))
+    tile = panel[22:22 + webapp.TILE, :webapp.TILE]
+    dark = np.argwhere(tile.max(axis=2) < 40)
+    (y0, x0), (y1, x1) = dark.min(axis=0), dark.max(axis=0)
+    assert (x1 - x0 + 1, y1 - y0 + 1) == (webapp.TILE, webapp.TILE // 2)  # 2:1, letterboxed, not squashed
+    assert panel[22 + webapp.TILE + 4:22 + webapp.TILE + 13, webapp.TILE + 8:2 * webapp.TILE + 8].std() > 20  # scale
+
+
+def test_old_and_excess_files_are_deleted(photos, random_checkpoint, tmp_path):
+    import os
+    import time
+    cache = tmp_path / "cache"
+    small = WebApp.from_checkpoint(random_checkpoint, out_dir=tmp_path, keep_seconds=600, max_out_mb=1,
+                                   cache_dir=cache)
+    now = time.time()
+    for i, age in enumerate((3600, 30, 20)):  # uploads in gradio's cache: one old, two recent ones of 600 KB
+        upload = cache / f"hash{i}" / "photo.png"
+        upload.parent.mkdir(parents=True)
+        upload.write_bytes(b"x" * 600_000)
+        os.utime(upload, (now - age, now - age))
+        os.utime(upload.parent, (now - age, now - age))
+    folder = small.analyse(str(photos / "one_pixel.png")).records_path.parent
+    # the old upload went for its age, the older recent one for the 1 MB cap; the request's own folder stays
+    assert sorted(p.name for p in cache.iterdir()) == ["hash2"]
+    assert [p.name for p in small.requests_dir.iterdir()] == [folder.name]
+    assert small.sweep(now=now + 601) == 0  # everything, once old enough
+    assert not any(cache.iterdir()) and not any(small.requests_dir.iterdir())
+    assert (tmp_path / "examples" / "astronaut.png").is_file()  # the examples are not swept
+
+
+def test_request_folders_have_unguessable_names_and_records_relative_paths(app, photos):
+    results = [app.analyse(str(photos / "astronaut.png"), method="none", attention=False) for _ in range(2)]
+    names = [r.records_path.parent.name for r in results]
+    assert len(set(names)) == 2 and all(len(n) >= 24 and "astronaut" not in n for n in names)
+    assert not any(n[:8].isdigit() for n in names)  # no date (nor counter) to count from
+    for result in results:
+        text = result.records_path.read_text()
+        assert str(app.out_dir.resolve()) not in text and str(photos) not in text
+        assert not Path(result.records[0]["annotated"]).is_absolute()
 
 
 def test_upload_names_cannot_leave_the_output_folder(app, photos):
@@ -287,6 +366,8 @@ def test_app_flags():
     args = app_script.get_args_parser().parse_args([])
     assert (args.host, args.port, args.share, args.checkpoint, args.out) == ("127.0.0.1", 7860, False, None, "runs/app")
     assert "--checkpoint" in app_script.get_args_parser().format_help()
+    assert args.workers == webapp.default_workers() >= 1 and args.root_path is None
+    assert args.max_out_mb == webapp.DEFAULT_MAX_OUT_MB
 
 
 def test_page_builds_and_passes_any_upload_on(app, photos, tmp_path, monkeypatch):
@@ -299,6 +380,32 @@ def test_page_builds_and_passes_any_upload_on(app, photos, tmp_path, monkeypatch
     assert upload.get_block_name() == "image" and upload.sources == ["upload", "webcam"]
     assert upload.preprocess(FileData(path=str(photos / "notes.txt"), orig_name="notes.txt")) == \
         str(photos / "notes.txt")  # gr.Image alone would raise PIL's UnidentifiedImageError here
+    # the file as uploaded, not a converted copy: a 16-bit PNG keeps its 16 bits, a .jpg its name
+    Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(tmp_path / "deep.png")
+    deep = FileData(path=str(tmp_path / "deep.png"), orig_name="deep.png")
+    assert upload.preprocess(deep) == str(tmp_path / "deep.png")
+    assert upload.image_mode is None  # and no converted copy was written to gradio's cache:
+    assert {p.name for p in (tmp_path / "cache").rglob("*.png")} <= {"astronaut.png", "demo_faces.png"}
+    images = [b for b in demo.blocks.values() if isinstance(b, gr.Image)]
+    assert len(images) == 3 and all("share" not in (b.buttons or []) for b in images)  # Share can only fail
+    analyse = next(f for f in demo.fns.values() if f.api_name == "analyse")
+    assert analyse.concurrency_limit == app.workers == 2
     assert "googleapis" not in json.dumps(theme._get_theme_css() if hasattr(theme, "_get_theme_css") else "")
     fonts = [f.name if hasattr(f, "name") else str(f) for f in theme._font]
     assert fonts == ["system-ui", "sans-serif"]
+
+
+
+def test_the_sweep_spares_gradios_copies_of_the_examples(app, tmp_path, monkeypatch):
+    pytest.importorskip("gradio", reason="the page needs gradio: pip install -r requirements-app.txt")
+    import time
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(app, "cache_dir", tmp_path / "cache")  # as app.py sets it
+    monkeypatch.setattr(app, "protected", set())
+    webapp.build_interface(app)
+    copies = sorted(p.name for p in (tmp_path / "cache").rglob("*.png"))
+    assert copies == ["astronaut.png", "demo_faces.png"] and len(app.protected) == 2
+    (tmp_path / "cache" / "an_upload").mkdir()
+    app.sweep(now=time.time() + 10 * app.keep_seconds)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.png")) == copies  # the examples still work
+    assert not (tmp_path / "cache" / "an_upload").exists()
