@@ -9,6 +9,7 @@ Two kinds of file, both written atomically and read with `torch.load(weights_onl
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import pickle
@@ -20,7 +21,7 @@ import torch
 from .errors import InputError
 from .data import Preprocessing
 from .io import atomic_path
-from .model import build_model, unwrap
+from .model import ARCHS, build_model, unwrap
 
 MODEL_FORMAT = "expression-deciphered/model"
 STATE_FORMAT = "expression-deciphered/train-state"
@@ -170,7 +171,35 @@ def metadata_problem(record: dict) -> str | None:
             return f"{key} {values!r} must be three finite numbers" + (" above 0" if key == "std" else "")
     if not isinstance(record["model"], dict) or not all(torch.is_tensor(v) for v in record["model"].values()):
         return "model must be a state dict of tensors"
+    return weights_problem(record["model"], record["arch"], len(names))
+
+
+def weights_problem(state: dict, arch: str, num_classes: int) -> str | None:
+    """What is wrong with a state dict for a `num_classes`-way `arch`, or None: the same keys and shapes
+    (so class names and the input channels agree with the weights) and no inf or nan. The one check every
+    reader of weights runs (.pt records, the seed's pickle, training states; export.py reads records)."""
+    if not isinstance(arch, str) or arch not in ARCHS:
+        return f"arch {arch!r} is not one of {', '.join(ARCHS)}"
+    expected = _expected_shapes(arch, num_classes)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        return (f"the weights are not a {arch}'s ({len(missing)} missing keys, e.g. {missing[:1]}; "
+                f"{len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            what = f"{num_classes} class names" if key.startswith("fc.") else f"a {arch}"
+            return f"{key} has shape {tuple(state[key].shape)}, {shape} for {what}"
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"{key} holds inf or nan weights (a diverged run or a damaged file)"
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_shapes(arch: str, num_classes: int) -> dict:
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = build_model(arch, num_classes, weights="none")
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def model_from_record(record: dict, path="checkpoint", device="cpu"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import shlex
 import sys
 import time
@@ -139,6 +140,13 @@ def start_from(model, record: dict, path) -> None:
     except RuntimeError as err:
         raise UsageError(f"--init {path}: weights do not fit a {ARCH} with {len(record['class_names'])} classes "
                          f"({str(err).splitlines()[0][:100]}): the file is damaged") from None
+
+
+def diverged(args, run_dir: Path, epoch: int, why: str) -> UsageError:
+    """The one line a run that computed inf or nan ends with; nothing of the epoch is saved."""
+    kept = f"; {run_dir / 'checkpoint.pt'} still holds epoch {epoch - 1}" if epoch > 1 else ""
+    return UsageError(f"training diverged in epoch {epoch}: {why} (--lr {args.lr:g}): try a lower "
+                      f"--lr or --schedule onecycle; no model was written{kept}")
 
 
 def run(args) -> int:
@@ -265,20 +273,22 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
                                           desc=f"epoch {epoch}/{args.epochs}", mix=mix, schedule=schedule,
                                           ema=ema, amp_dtype=amp_dtype, scaler=scaler)
             except NonFiniteLoss as err:  # nothing of this epoch is saved: the last good state stays
-                kept = f"; {run_dir / 'checkpoint.pt'} still holds epoch {epoch - 1}" if epoch > 1 else ""
-                raise UsageError(f"training diverged in epoch {epoch}: {err} (--lr {args.lr:g}): try a lower "
-                                 f"--lr or --schedule onecycle; no model was written{kept}") from None
+                raise diverged(args, run_dir, epoch, str(err)) from None
             train_loss, train_acc = distributed.reduce_epoch(trained.loss, trained.acc, trained.seen,
                                                              dist_info, device)
             row = dict(epoch=epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6))
             val_line = ""
             if val_loader:
                 checked = evaluate_on(state.eval_model, val_loader, desc="val")
+                if not math.isfinite(checked.loss):  # nan weights must not be saved or chosen as best
+                    raise diverged(args, run_dir, epoch, f"the validation loss became {checked.loss}")
                 schedule.epoch_end(checked.loss)
                 state.remember_if_best(epoch, checked.acc)
                 row.update(val_loss=round(checked.loss, 6), val_acc=round(checked.acc, 6))
                 val_line = f"val loss {checked.loss:.4f} acc {checked.acc:6.2%}  "
             final = evaluate_on(state.eval_model, test_loader)  # reported only: nothing is chosen on it
+            if not math.isfinite(final.loss):
+                raise diverged(args, run_dir, epoch, f"the test loss became {final.loss}")
             row.update(test_loss=round(final.loss, 6), test_acc=round(final.acc, 6), lr=schedule.lr,
                        seconds=round(time.perf_counter() - started, 2))
             state.history.append(row)

@@ -1,0 +1,165 @@
+"""Trust no file (issue 24): one table per class of damage, over every script that reads the thing.
+
+- metadata: .pt records and .onnx exports whose fields are out of bounds or contradict the weights/graph;
+- non-finite weights: records, seed pickles and ONNX graphs holding nan;
+- damaged training states: weights or optimizer moments of another shape;
+- the seed importer's pickle: oversized constructor calls, 0-byte files, nn.DataParallel.
+Every case is one `error:` line, exit 2, no traceback, and no output file.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import models
+
+import import_seed_model
+from conftest import make_checkpoint
+from expression import checkpoint
+from expression.cli import run_main
+from expression.errors import InputError
+from expression.seed_model import SeedModelError, load_whole_resnet34
+
+FER = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+def one_error_line(capsys, code, *fragments):
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "weights_only=False" not in err and "allow_pickle" not in err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# .pt records: metadata against the weights, non-finite weights (every reader goes through load_record)
+
+
+def damaged_record(tmp_path, random_checkpoint, change):
+    record = torch.load(random_checkpoint, weights_only=True)
+    change(record)
+    return checkpoint.save(record, tmp_path / "damaged.pt")
+
+
+def _nan_weight(record):
+    record["model"]["layer2.0.conv1.weight"][0, 0, 0, 0] = math.nan
+
+
+def _inf_running_var(record):
+    record["model"]["bn1.running_var"][3] = math.inf
+
+
+RECORD_CASES = {
+    "nan weight": (_nan_weight, "layer2.0.conv1.weight holds inf or nan"),
+    "inf statistic": (_inf_running_var, "bn1.running_var holds inf or nan"),
+    "5 names, 7 outputs": (lambda r: r.update(class_names=FER[:5]), "fc.weight has shape (7, 512)"),
+    "9 names, 7 outputs": (lambda r: r.update(class_names=FER + ["x", "y"]), "for 9 class names"),
+    "std 0": (lambda r: r.update(std=[0.5, 0.0, 0.5]), "std"),
+    "foreign arch": (lambda r: r.update(arch="vgg11"), "arch 'vgg11'"),
+    "missing layer": (lambda r: r["model"].pop("layer4.2.bn2.weight"), "missing keys"),
+}
+
+
+@pytest.mark.parametrize("case", RECORD_CASES, ids=list(RECORD_CASES))
+def test_damaged_records_are_refused_by_the_one_loader(tmp_path, random_checkpoint, case):
+    change, fragment = RECORD_CASES[case]
+    path = damaged_record(tmp_path, random_checkpoint, change)
+    with pytest.raises(InputError, match="invalid metadata") as caught:
+        checkpoint.load_model(path)
+    assert fragment in str(caught.value)
+
+
+def script_runs(tmp_path, path):
+    """Every script that reads a model file, pointed at `path` -> (name, exit code) one after another."""
+    import evaluate
+    import export
+    import gradcam_FER
+    import predict_FER
+
+    face = tmp_path / "face.png"
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(face)
+    data = tmp_path / "data"
+    (data / "happy").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((48, 48), 90, np.uint8)).save(data / "happy" / "a.png")
+    runs = {
+        "predict_FER": (predict_FER, [str(face), "--checkpoint", str(path), "--out", str(tmp_path / "p"),
+                                      "--detector", "none", "--quiet"]),
+        "export": (export, ["--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")]),
+        "gradcam_FER": (gradcam_FER, ["--checkpoint", str(path), "--images", str(face),
+                                      "--out", str(tmp_path / "g")]),
+        "evaluate": (evaluate, ["--checkpoint", str(path), "--split", str(data), "--out", str(tmp_path / "e"),
+                                  "--quiet"]),
+    }
+    for name, (module, argv) in runs.items():
+        yield name, run_main(module.main, module.get_args_parser().parse_args(argv))
+
+
+def test_every_script_refuses_a_nan_checkpoint_in_one_line(tmp_path, random_checkpoint, capsys):
+    path = damaged_record(tmp_path, random_checkpoint, _nan_weight)
+    capsys.readouterr()
+    for name, code in script_runs(tmp_path, path):
+        one_error_line(capsys, code, "--checkpoint", "inf or nan")
+    assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob("p/*")) and not (tmp_path / "e").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The seed's pickle (import_seed_model.py): refused before anything is built, in one line
+
+
+def _seed_network(nan=False):
+    torch.manual_seed(0)
+    model = models.resnet34()
+    model.fc = nn.Linear(512, 7)
+    if nan:
+        with torch.no_grad():
+            model.layer3[0].conv2.weight[0, 0, 0, 0] = math.nan
+    return model
+
+
+SEED_CASES = {
+    # GLOBAL torch.nn.modules.linear.Linear, (20000, 20000), REDUCE: 1.6 GB if it were built
+    "oversized Linear": (lambda p: p.write_bytes(b"\x80\x02ctorch.nn.modules.linear\nLinear\nM\x20\x4eM\x20\x4e\x86R."),
+                         "sizes beyond a ResNet34's"),
+    "ResNet of 100 blocks": (lambda p: p.write_bytes(
+        b"\x80\x02ctorchvision.models.resnet\nResNet\nctorchvision.models.resnet\nBasicBlock\n"
+        b"(KdKdKdKdtq\x00\x86R."), "sizes beyond a ResNet34's"),
+    "0 bytes": (lambda p: p.write_bytes(b""), "empty (0 bytes"),
+    "nan weights": (lambda p: torch.save(_seed_network(nan=True), p), "inf or nan"),
+}
+
+
+@pytest.mark.parametrize("case", SEED_CASES, ids=list(SEED_CASES))
+def test_seed_importer_refuses_in_one_line(tmp_path, capsys, case):
+    write, fragment = SEED_CASES[case]
+    write(tmp_path / "model_res34.pth")
+    out = tmp_path / "seed.pt"
+    code = run_main(import_seed_model.main, import_seed_model.get_args_parser().parse_args(
+        [str(tmp_path / "model_res34.pth"), "--out", str(out)]))
+    one_error_line(capsys, code, fragment)
+    assert not out.exists()
+
+
+def test_oversized_constructor_is_refused_before_allocating(tmp_path, monkeypatch):
+    SEED_CASES["oversized Linear"][0](tmp_path / "big.pth")
+    built = []
+    monkeypatch.setattr(nn.Linear, "reset_parameters", lambda self: built.append(self))
+    with pytest.raises(SeedModelError, match="Linear"):
+        load_whole_resnet34(tmp_path / "big.pth")
+    assert not built  # nothing constructed, so nothing allocated
+
+
+def test_seed_model_saved_through_data_parallel_imports(tmp_path):
+    original = _seed_network().eval()
+    torch.save(nn.DataParallel(original), tmp_path / "dp.pth")
+    loaded = load_whole_resnet34(tmp_path / "dp.pth").eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), original(x))
