@@ -163,3 +163,99 @@ def test_seed_model_saved_through_data_parallel_imports(tmp_path):
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         assert torch.equal(loaded(x), original(x))
+
+
+# ---------------------------------------------------------------------------------------------------
+# .onnx exports (onnx_predict.py): metadata bounded and checked against the graph, outputs finite
+
+
+def tiny_onnx(path, *, outputs=7, img_size=48, four_d=False, nan=False, meta=None):
+    """A graph of this project's interface, (N, 3, S, S) -> (N, outputs), small enough to build per case:
+    global average pool, then a (3 -> outputs) Gemm; metadata as export.py writes it, updated by `meta`."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).normal(size=(outputs, 3)).astype(np.float32)
+    if nan:
+        weight[0, 0] = np.nan
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w"], ["logits2d"], transB=1)]
+    out_shape = ["batch", outputs]
+    if four_d:
+        nodes.append(helper.make_node("Unsqueeze", ["logits2d", "axes"], ["logits"]))
+        out_shape = ["batch", outputs, 1, 1]
+    else:
+        nodes[-1].output[0] = "logits"
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                            ["batch", 3, img_size, img_size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    props = {"class_names": json.dumps(FER), "img_size": str(img_size), "mean": "[0.5, 0.5, 0.5]",
+             "std": "[0.5, 0.5, 0.5]", "color": "gray", **(meta or {})}
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+ONNX_CASES = {  # (graph, metadata, what the error line says)
+    "img_size 100000": ({}, {"img_size": "100000"}, "img_size 100000"),
+    "5 names, 7 outputs": ({}, {"class_names": json.dumps(FER[:5])}, "5 classes"),
+    "9 names, 7 outputs": ({}, {"class_names": json.dumps(FER + ["x", "y"])}, "9 classes"),
+    "foreign 3-output graph": ({"outputs": 3}, {}, "7 classes"),
+    "std 0": ({}, {"std": "[0.5, 0, 0.5]"}, "std"),
+    "std nan": ({}, {"std": "[0.5, NaN, 0.5]"}, "std"),
+    "size mismatch": ({"img_size": 32}, {"img_size": "48"}, "48 px"),
+    "4-D output": ({"four_d": True}, {}, "output has shape"),
+    "nan weights": ({"nan": True}, {}, "inf or nan"),
+    "class names not a list": ({}, {"class_names": '"happy"'}, "class_names"),
+    "repeated names": ({}, {"class_names": json.dumps(["a", "a", "b", "c", "d", "e", "f"])}, "repeat"),
+}
+
+
+@pytest.mark.parametrize("case", ONNX_CASES, ids=list(ONNX_CASES))
+def test_onnx_predict_refuses_untrusted_metadata_in_one_line(tmp_path, capsys, case):
+    pytest.importorskip("onnxruntime")
+    import onnx_predict
+
+    graph, meta, fragment = ONNX_CASES[case]
+    path = tiny_onnx(tmp_path / "m.onnx", **graph, meta=meta)
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(tmp_path / "face.png")
+    code = onnx_predict.run_main(onnx_predict.get_args_parser().parse_args(
+        ["--model", str(path), str(tmp_path / "face.png")]))
+    one_error_line(capsys, code, fragment)
+    assert capsys.readouterr().out == ""  # no label printed from a file that was not trusted
+
+
+def test_onnx_predict_takes_a_sound_tiny_graph(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnx_predict
+
+    path = tiny_onnx(tmp_path / "m.onnx")
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(tmp_path / "face.png")
+    assert onnx_predict.run_main(onnx_predict.get_args_parser().parse_args(["--model", str(path),
+                                                                            str(tmp_path / "face.png")])) == 0
+    assert capsys.readouterr().out.split("\t")[1] in FER
+
+
+METADATA_TABLE = [  # (field, value): onnx_predict's bounds equal the .pt loader's
+    ("img_size", 7), ("img_size", 8), ("img_size", 1024), ("img_size", 1025), ("img_size", True),
+    ("class_names", ["a"]), ("class_names", ["a", ""]), ("class_names", ["a", "a"]), ("class_names", ["a", "b"]),
+    ("mean", [0, 0, math.inf]), ("mean", [0.1, 0.2]), ("std", [1, 1, 0]), ("std", [1, 1, -1]), ("std", [1, 1, 2]),
+    ("color", "cmyk"), ("color", "rgb"),
+]
+
+
+@pytest.mark.parametrize("field, value", METADATA_TABLE)
+def test_onnx_and_pt_metadata_bounds_agree(field, value):
+    import onnx_predict
+
+    base = {"class_names": ["a", "b"], "img_size": 48, "mean": [0.5] * 3, "std": [0.5] * 3, "color": "gray",
+            "model": {}, "arch": "resnet34"}
+    meta = {**base, field: value}
+    pt = checkpoint.metadata_problem(meta)
+    pt = None if pt and "weights are not" in pt else pt  # the empty state dict is not the point here
+    assert (pt is None) == (onnx_predict.metadata_problem(meta) is None)
