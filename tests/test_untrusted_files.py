@@ -259,3 +259,83 @@ def test_onnx_and_pt_metadata_bounds_agree(field, value):
     pt = checkpoint.metadata_problem(meta)
     pt = None if pt and "weights are not" in pt else pt  # the empty state dict is not the point here
     assert (pt is None) == (onnx_predict.metadata_problem(meta) is None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: damaged resume states are refused before the first step; a nan test/val loss stops the run
+
+
+def train(tmp_path, data, *extra, name="run"):
+    import train_resnet34
+
+    argv = ["--data", str(data), "--weights", "none", "--epochs", "1", "--batch-size", "16", "--img-size", "32",
+            "--out", str(tmp_path / "runs"), "--models-dir", str(tmp_path / "models"), "--name", name,
+            "--workers", "0", "--quiet", *extra]
+    return run_main(train_resnet34.main, train_resnet34.get_args_parser().parse_args(argv))
+
+
+def _moment(state, name, value):
+    index = next(i for i, m in state["optimizer"]["state"].items() if name in m and m[name].dim() == 4)
+    state["optimizer"]["state"][index][name] = value(state["optimizer"]["state"][index][name])
+
+
+STATE_CASES = {
+    "moment of another shape": (lambda s: _moment(s, "exp_avg", lambda t: t[:1]), "optimizer exp_avg"),
+    "nan moment": (lambda s: _moment(s, "exp_avg_sq", lambda t: t.fill_(math.nan)), "inf or nan"),
+    "weights of another shape": (lambda s: s["model"].update({"conv1.weight": torch.zeros(64, 3, 3, 3)}),
+                                 "conv1.weight has shape"),
+    "fewer parameters in the optimizer": (lambda s: s["optimizer"]["param_groups"][0]["params"].pop(),
+                                          "parameter groups"),
+    "optimizer field missing": (lambda s: s["optimizer"].pop("state"), "malformed"),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_state(tmp_path_factory):
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("resume")
+    data = write_image_folder(root / "data", per_class=(3, 2), size=32)
+    assert train(root, data) == 0
+    return root, data
+
+
+@pytest.mark.parametrize("case", STATE_CASES, ids=list(STATE_CASES))
+def test_damaged_resume_state_is_one_line_before_the_first_step(tmp_path, trained_state, capsys, case, monkeypatch):
+    from expression import trainer
+
+    root, data = trained_state
+    state = torch.load(root / "runs" / "run" / "checkpoint.pt", weights_only=True)
+    STATE_CASES[case][0](state)
+    damaged = checkpoint.save(state, tmp_path / "checkpoint.pt")
+    before = damaged.read_bytes()
+    steps = []
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda *a, **k: steps.append(1))
+    capsys.readouterr()
+    code = train(tmp_path, data, "--epochs", "2", "--resume", str(damaged))
+    one_error_line(capsys, code, "--resume", STATE_CASES[case][1])
+    assert not steps and damaged.read_bytes() == before and not list((tmp_path / "models").glob("*.pt"))
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_a_nan_evaluation_loss_stops_the_run_like_a_nan_training_loss(tmp_path, trained_state, capsys,
+                                                                      monkeypatch, split):
+    from expression import trainer
+
+    root, data = trained_state
+    real = trainer.evaluate_all
+
+    def nan_on(model, loader, *args, desc="test", **kwargs):
+        result = real(model, loader, *args, desc=desc, **kwargs)
+        if desc == split:
+            result.loss = math.nan
+        return result
+
+    monkeypatch.setattr(trainer, "evaluate_all", nan_on)
+    capsys.readouterr()
+    extra = ["--val-split", "0.3"] if split == "val" else []
+    code = train(tmp_path, data, *extra, name="nan")
+    label = "validation" if split == "val" else "test"
+    one_error_line(capsys, code, "diverged in epoch 1", f"the {label} loss became nan", "no model was written")
+    assert not (tmp_path / "models" / "nan.pt").exists()
+    assert torch.load(tmp_path / "runs" / "nan" / "checkpoint.pt", weights_only=True)["epoch"] == 0
