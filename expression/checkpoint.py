@@ -104,8 +104,13 @@ def save(record: dict, path) -> Path:
     """Write to a temp file in the same folder, then os.replace: an old file survives any crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        try:
+            torch.save(record, handle)  # a file object: its OSError (disk full) is the cause torch reports
+        except RuntimeError as err:  # torch's zip writer words a failed write "unexpected pos 576 vs 534"
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
     return path
 
 

@@ -14,6 +14,7 @@ train.py does in its main().
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -31,7 +32,7 @@ from .cli import UsageError, resolve_device, use_progress_bars
 from .errors import InputError
 from .data import Augmentation, InMemoryLoader, Preprocessing, check_splits, decode_split, stratified_split
 from .engine import NonFiniteLoss, train_one_epoch
-from .io import ensure_writable_dir, write_json
+from .io import WriteError, ensure_writable_dir, write_json
 from .model import build_model
 from .training import TrainingState, evaluate_all
 
@@ -86,9 +87,13 @@ def write_demo_data(args, rank0: bool) -> None:
     from . import synthetic
 
     if rank0:
-        synthetic.write_image_folder(args.data, n_train_per_class=DEMO_TRAIN_PER_CLASS,
-                                     n_test_per_class=DEMO_TEST_PER_CLASS, seed=0, size=args.img_size,
-                                     corner_class=args.demo_corner)
+        try:
+            synthetic.write_image_folder(args.data, n_train_per_class=DEMO_TRAIN_PER_CLASS,
+                                         n_test_per_class=DEMO_TEST_PER_CLASS, seed=0, size=args.img_size,
+                                         corner_class=args.demo_corner)
+        except OSError as err:  # written in a temp folder moved into place: nothing half-written is left
+            raise UsageError(f"cannot write the demo faces to {args.data} ({err.strerror or err}): nothing was "
+                             f"half-written; free space or fix the folder's permissions and run again") from None
 
 
 def check_splits_or_say_which_flag(args) -> list[str]:
@@ -244,17 +249,23 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     train_model = recipe.maybe_compile(train_model, args.compile)
 
+    saved_epoch = state.epoch if resume else None  # the epoch a resumable state on disk holds
+
     def save_state() -> None:
+        nonlocal saved_epoch
         saved = state.state_dict()  # on every rank: it gathers the augmentation streams
         if rank0:
             record = checkpoint.model_record(model, preprocessing, arch=ARCH, class_names=class_names,
                                              args=vars(args), epoch=state.epoch, fmt=checkpoint.STATE_FORMAT,
                                              metrics=state.history[-1] if state.history else {},
                                              lineage=lineage, command=command)
-            checkpoint.save({**record, **saved}, run_dir / "checkpoint.pt")
+            with say_what_survives(args, run_dir, lambda: saved_epoch):
+                checkpoint.save({**record, **saved}, run_dir / "checkpoint.pt")
+        saved_epoch = state.epoch
 
     if rank0:
-        write_json(run_dir / "args.json", vars(args))
+        with say_what_survives(args, run_dir, lambda: saved_epoch):
+            write_json(run_dir / "args.json", vars(args))
         sizes = f"{len(train_split.labels)} train / " + (f"{len(val_split.labels)} val / " if val_split else "")
         print(f"{args.name}: {sizes}{len(test_split.labels)} test images, {len(class_names)} classes, "
               f"{args.img_size} px {preprocessing.color}, weights {args.weights}, recipe {args.recipe}, "
@@ -295,7 +306,8 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
             state.epoch = epoch
             save_state()
             if rank0:
-                report.write_metrics_csv(run_dir / "metrics.csv", state.history)
+                with say_what_survives(args, run_dir, lambda: saved_epoch):
+                    report.write_metrics_csv(run_dir / "metrics.csv", state.history)
                 print(f"epoch {epoch:>3}/{args.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2%}  "
                       f"{val_line}test loss {final.loss:.4f} acc {final.acc:6.2%}  ({row['seconds']:.1f} s)",
                       flush=True)
@@ -315,9 +327,30 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
     if final is None:  # the chosen epoch, or a resumed run that had already finished
         final = evaluate_on(eval_model, test_loader)
     if rank0:
-        write_outputs(args, run_dir, eval_model, preprocessing, class_names, history, chosen, final,
-                      lineage=lineage, command=command)
+        with say_what_survives(args, run_dir, lambda: saved_epoch):
+            write_outputs(args, run_dir, eval_model, preprocessing, class_names, history, chosen, final,
+                          lineage=lineage, command=command)
     return 0
+
+
+@contextlib.contextmanager
+def say_what_survives(args, run_dir: Path, saved_epoch):
+    """A file the OS refused (disk full, permissions) ends the run with one line naming it, the epoch
+    the training state on disk holds and the exact command that continues from it."""
+    try:
+        yield
+    except WriteError as err:
+        epoch, state = saved_epoch(), run_dir / "checkpoint.pt"
+        if epoch is None:
+            raise UsageError(f"{err}. No training state was written yet: run the same command again") from None
+        argv, skip = [], False
+        for arg in sys.argv[1:]:  # this run's flags, its own --resume replaced by the state just written
+            if skip or arg == "--resume" or arg.startswith("--resume="):
+                skip = arg == "--resume"
+                continue
+            argv.append(arg)
+        resume = shlex.join(["python", "train_resnet34.py", *argv, "--resume", str(state)])
+        raise UsageError(f"{err}. {state} holds epoch {epoch}: continue with `{resume}`") from None
 
 
 def write_outputs(args, run_dir: Path, model, preprocessing, class_names, history, chosen, final, *,

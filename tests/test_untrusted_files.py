@@ -8,8 +8,10 @@ Every case is one `error:` line, exit 2, no traceback, and no output file.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from conftest import make_checkpoint
 from expression import checkpoint
 from expression.cli import run_main
 from expression.errors import InputError
+from expression.io import WriteError
 from expression.seed_model import SeedModelError, load_whole_resnet34
 
 FER = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
@@ -339,3 +342,171 @@ def test_a_nan_evaluation_loss_stops_the_run_like_a_nan_training_loss(tmp_path, 
     one_error_line(capsys, code, "diverged in epoch 1", f"the {label} loss became nan", "no model was written")
     assert not (tmp_path / "models" / "nan.pt").exists()
     assert torch.load(tmp_path / "runs" / "nan" / "checkpoint.pt", weights_only=True)["epoch"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# A full disk (or a read-only, forbidden or failing one): one line naming the file and what survives,
+# nothing half-written moved into place. Simulated: the OS refuses the chosen file when it is finished.
+
+
+def refuse_writes(monkeypatch, name: str, nth: int = 1, code: int = errno.ENOSPC):
+    """From the `nth` atomic write of a file called `name` on, the OS answers `code` (ENOSPC: disk full)."""
+    import os
+
+    real, seen = os.chmod, []
+
+    def chmod(path, mode, *args, **kwargs):
+        if Path(path).name.startswith(f".{name}."):
+            seen.append(path)
+            if len(seen) >= nth:
+                raise OSError(code, os.strerror(code))
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    return seen
+
+
+def no_temp_files(folder):
+    return not [p for p in Path(folder).rglob(".*.tmp*")]
+
+
+TRAIN_DISK_CASES = {  # (file refused, which write of it, what the line says survives)
+    "first state": ("checkpoint.pt", 1, "No training state was written yet"),
+    "state after epoch 1": ("checkpoint.pt", 2, "holds epoch 0: continue with"),
+    "final model": ("run.pt", 1, "holds epoch 1: continue with"),
+}
+
+
+@pytest.mark.parametrize("case", TRAIN_DISK_CASES, ids=list(TRAIN_DISK_CASES))
+def test_training_on_a_full_disk_names_the_file_and_the_resume_command(tmp_path, trained_state, capsys,
+                                                                       monkeypatch, case):
+    import shlex
+    import sys
+
+    root, data = trained_state
+    name, nth, survives = TRAIN_DISK_CASES[case]
+    argv = ["--data", str(data), "--weights", "none", "--epochs", "1", "--batch-size", "16", "--img-size", "32",
+            "--out", str(tmp_path / "runs"), "--models-dir", str(tmp_path / "models"), "--name", "run",
+            "--workers", "0", "--quiet"]
+    monkeypatch.setattr(sys, "argv", ["train_resnet34.py", *argv])
+    refuse_writes(monkeypatch, name, nth)
+    capsys.readouterr()
+    line = one_error_line(capsys, train(tmp_path, data), f"cannot write {tmp_path}", name, "ENOSPC",
+                          "nothing was half-written", survives)
+    assert not (tmp_path / "models" / "run.pt").exists() and no_temp_files(tmp_path)
+    if "continue with" in line:  # the command given continues the run to its model
+        command = shlex.split(line.split("`")[1])
+        assert command[:2] == ["python", "train_resnet34.py"] and command[-2:] == ["--resume", str(
+            tmp_path / "runs" / "run" / "checkpoint.pt")]
+        monkeypatch.undo()
+        import train_resnet34
+        assert run_main(train_resnet34.main, train_resnet34.get_args_parser().parse_args(command[2:])) == 0
+        assert checkpoint.load_record(tmp_path / "models" / "run.pt")["epoch"] == 1
+
+
+def writer_runs(tmp_path, model_path, seed_file):
+    """(script, argv, file it writes) for every other script that writes something."""
+    import evaluate
+    import export
+    import gradcam_FER
+    import predict_FER
+
+    face = tmp_path / "face.png"
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(face)
+    data = tmp_path / "split"
+    (data / "happy").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((48, 48), 90, np.uint8)).save(data / "happy" / "a.png")
+    out = tmp_path / "out"
+    return {
+        "import_seed_model": (import_seed_model, [str(seed_file), "--out", str(out / "seed.pt")], "seed.pt"),
+        "evaluate": (evaluate, ["--checkpoint", str(model_path), "--split", str(data), "--out", str(out),
+                                "--quiet"], "summary.json"),
+        "export": (export, ["--checkpoint", str(model_path), "--out", str(out / "m.onnx")], "m.onnx"),
+        "gradcam_FER --save-maps": (gradcam_FER, ["--checkpoint", str(model_path), "--images", str(face),
+                                                  "--out", str(out), "--save-maps", str(out / "maps.npz")],
+                                    "maps.npz"),
+        "predict_FER": (predict_FER, [str(face), "--checkpoint", str(model_path), "--out", str(out),
+                                      "--detector", "none", "--quiet"], "face_annotated.jpg"),
+    }
+
+
+# Every script on a full disk; one of them also read-only, forbidden and failing (the conversion is shared).
+WRITER_CASES = [(script, errno.ENOSPC) for script in
+                ("import_seed_model", "evaluate", "export", "gradcam_FER --save-maps", "predict_FER")] + \
+               [("evaluate", errno.EACCES), ("evaluate", errno.EROFS), ("evaluate", errno.EIO)]
+
+
+@pytest.mark.parametrize("script, code", WRITER_CASES, ids=[f"{s}-{errno.errorcode[c]}" for s, c in WRITER_CASES])
+def test_every_writer_refused_by_the_os_says_so_in_one_line(tmp_path, random_checkpoint, capsys, monkeypatch,
+                                                            script, code):
+    seed_file = tmp_path / "model_res34.pth"
+    if script == "import_seed_model":
+        torch.save(_seed_network(), seed_file)
+    module, argv, name = writer_runs(tmp_path, random_checkpoint, seed_file)[script]
+    refuse_writes(monkeypatch, name, code=code)
+    capsys.readouterr()
+    result = run_main(module.main, module.get_args_parser().parse_args(argv))
+    one_error_line(capsys, result, f"cannot write {tmp_path / 'out' / name}", errno.errorcode[code],
+                   "nothing was half-written")
+    assert not (tmp_path / "out" / name).exists() and no_temp_files(tmp_path)
+
+
+def test_torch_save_on_a_full_disk_is_a_write_error(tmp_path, monkeypatch):
+    """torch's zip writer words a failed write "unexpected pos"; the OSError behind it is what counts."""
+    real = torch.save
+
+    def fills_the_disk(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04partial")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    (tmp_path / "m.pt").write_bytes(b"old")
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    with pytest.raises(WriteError, match=r"m.pt \(ENOSPC.*the previous m.pt is unchanged"):
+        checkpoint.save({"a": torch.zeros(3)}, tmp_path / "m.pt")
+    assert (tmp_path / "m.pt").read_bytes() == b"old" and no_temp_files(tmp_path)
+    monkeypatch.setattr(torch, "save", real)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 1 MiB tmpfs where this machine lets us mount one (root on Linux), else skip: the simulated
+    cases above cover the same code."""
+    import subprocess
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_real_full_disk(tiny_tmpfs, tmp_path, capsys):
+    torch.save(_seed_network(), tmp_path / "model_res34.pth")
+    code = run_main(import_seed_model.main, import_seed_model.get_args_parser().parse_args(
+        [str(tmp_path / "model_res34.pth"), "--out", str(tiny_tmpfs / "seed.pt")]))
+    one_error_line(capsys, code, f"cannot write {tiny_tmpfs / 'seed.pt'}", "ENOSPC", "no seed.pt was left behind")
+    assert list(tiny_tmpfs.iterdir()) == []
+
+
+def test_an_unreadable_video_is_not_moved_into_place(tmp_path):
+    from expression.prediction_outputs import VideoSink
+
+    sink = VideoSink(tmp_path / "v.mp4", 5.0)
+    for _ in range(3):
+        sink.put(np.zeros((32, 32, 3), np.uint8))
+    sink._writer.release()
+    sink._tmp.write_bytes(sink._tmp.read_bytes()[:100])  # what a full disk leaves: no index
+    sink._writer = type("Released", (), {"release": lambda self: None})()
+    with pytest.raises(WriteError, match=r"v.mp4 \(EIO: the MP4 came out unreadable"):
+        sink.close()
+    assert not (tmp_path / "v.mp4").exists() and no_temp_files(tmp_path)
+    good = VideoSink(tmp_path / "good.mp4", 5.0)
+    for _ in range(3):
+        good.put(np.zeros((32, 32, 3), np.uint8))
+    good.close()
+    assert (tmp_path / "good.mp4").stat().st_size > 0
