@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, reason
 from .data import Preprocessing
 from .io import atomic_path
 from .model import ARCHS, build_model, unwrap
@@ -135,7 +135,7 @@ def load_record(path, expect: str = MODEL_FORMAT, option: str = "checkpoint") ->
                   f"which is unsafe to load: convert the seed's model_res34.pth with `python import_seed_model.py "
                   f"{path}`, or retrain") from None
     except Exception as err:  # truncated, foreign or corrupt: torch raises many types
-        raise bad(f"cannot read checkpoint {path} ({str(err).splitlines()[0][:100]}): "
+        raise bad(f"cannot read checkpoint {path} ({reason(err)}): "
                   f"the file is truncated or not a PyTorch file; {TRAIN_HINT}") from None
     if not isinstance(record, dict) or any(k not in record for k in REQUIRED_KEYS):
         raise bad(f"{path} is not an Expression-Deciphered checkpoint (a bare state dict or another "
@@ -216,7 +216,7 @@ def model_from_record(record: dict, path="checkpoint", device="cpu"):
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise InputError(f"{path}: weights do not fit a {record['arch']} with {len(record['class_names'])} classes "
-                         f"({str(err).splitlines()[0][:100]}): the file is damaged or from another model",
+                         f"({reason(err)}): the file is damaged or from another model",
                          option="checkpoint") from None
     return model.to(device).eval()
 

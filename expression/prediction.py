@@ -124,8 +124,11 @@ def cam_layers(model, ckpt: dict, cam: str, layer: str) -> tuple[tuple, str]:
     """--cam, --cam-layer -> (layers to explain, key of the map shown). `layer` is a module name,
     "fused" (FUSED_LAYERS fused into one map) or, for the layer-free guidedbackprop and fullgrad,
     anything (their map is at the input)."""
-    modules = dict(model.named_modules())
-    stages = [name for name, _ in model.named_modules() if name and "." not in name]
+    # A CAM needs a spatial feature map: the classifier head (fc, its pooling) and the model itself
+    # (the empty name) have none, so they are neither offered nor accepted.
+    modules = {name: m for name, m in model.named_modules()
+               if name and not isinstance(m, (torch.nn.Linear, torch.nn.AdaptiveAvgPool2d, torch.nn.Flatten))}
+    stages = [name for name in modules if "." not in name]
     if cam in LAYER_FREE_METHODS:
         last = [name for name in FUSED_LAYERS if name in modules][-1:] or stages[-1:]
         return tuple(last), f"{cam}/{INPUT_LAYER}"
@@ -136,7 +139,7 @@ def cam_layers(model, ckpt: dict, cam: str, layer: str) -> tuple[tuple, str]:
                              f"{', '.join(missing)}: name one layer instead")
         return FUSED_LAYERS, f"{cam}/{FUSED}"
     if layer not in modules:
-        raise ValueError(f"{layer} is not a module of this {ckpt['arch']}: use one of "
+        raise ValueError(f"{layer!r} is not a layer with a feature map in this {ckpt['arch']}: use one of "
                          f"{', '.join(stages)}, {FUSED} (or a dotted name such as layer3.5.conv2)")
     return (layer,), f"{cam}/{layer}"
 

@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models import resnet
 
 from .checkpoint import model_record, save, weights_problem
+from .errors import reason
 from .data import SEED_MEAN, SEED_STD, Preprocessing
 
 # Everything a pickled torchvision ResNet34 (torch 1.x/2.x) refers to besides tensors and
@@ -98,8 +99,7 @@ def load_whole_resnet34(path) -> nn.Module:
 
 def _first_line(err: Exception) -> str:
     """An exception's first line, or its type when the message is empty (a 0-byte file's EOFError)."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    return reason(err, 200)
 
 
 # nn.DataParallel(model) pickles as the wrapper around the network: allowed by name as an inert

@@ -29,7 +29,7 @@ from torch import nn
 from . import checkpoint, distributed, recipe, report
 from .augment import mix_batch
 from .cli import UsageError, resolve_device, use_progress_bars
-from .errors import InputError
+from .errors import InputError, reason
 from .data import Augmentation, InMemoryLoader, Preprocessing, check_splits, decode_split, stratified_split
 from .engine import NonFiniteLoss, train_one_epoch
 from .io import WriteError, ensure_writable_dir, write_json
@@ -77,6 +77,11 @@ def resolve_paths(args) -> None:
         raise UsageError("--schedule plateau watches the validation loss: add --val-split (e.g. 0.1) or --val-dir")
     if args.nesterov and args.optimizer != "sgd":
         raise UsageError(f"--nesterov applies to --optimizer sgd, not {args.optimizer}")
+    if args.batch_size == 1 and math.ceil(args.img_size / 32) == 1:
+        # a ResNet halves the input five times: up to 32 px layer4 is 1x1, and BatchNorm cannot train on
+        # one value per channel
+        raise UsageError(f"--batch-size 1 with --img-size {args.img_size} leaves BatchNorm one value per channel "
+                         f"in layer4 (1x1 there): use --batch-size 2 or more, or --img-size 33 or more")
     args.weights = args.weights or "imagenet"
     args.train_dir = args.train_dir or str(Path(args.data) / "train")
     args.test_dir = args.test_dir or str(Path(args.data) / "test")
@@ -144,7 +149,7 @@ def start_from(model, record: dict, path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise UsageError(f"--init {path}: weights do not fit a {ARCH} with {len(record['class_names'])} classes "
-                         f"({str(err).splitlines()[0][:100]}): the file is damaged") from None
+                         f"({reason(err)}): the file is damaged") from None
 
 
 def diverged(args, run_dir: Path, epoch: int, why: str) -> UsageError:

@@ -510,3 +510,50 @@ def test_an_unreadable_video_is_not_moved_into_place(tmp_path):
         good.put(np.zeros((32, 32, 3), np.uint8))
     good.close()
     assert (tmp_path / "good.mp4").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Last month's remaining tracebacks, each one line now
+
+
+@pytest.mark.parametrize("layer", ["fc", "", "avgpool"])
+def test_cam_layer_without_a_feature_map_is_one_line(tmp_path, random_checkpoint, capsys, layer):
+    import predict_FER
+
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(tmp_path / "face.png")
+    code = run_main(predict_FER.main, predict_FER.get_args_parser().parse_args(
+        [str(tmp_path / "face.png"), "--checkpoint", str(random_checkpoint), "--out", str(tmp_path / "p"),
+         "--detector", "none", "--quiet", "--cam", "gradcam", "--cam-layer", layer]))
+    line = one_error_line(capsys, code, "--cam-layer", f"{layer!r} is not a layer with a feature map")
+    assert "fc" not in line.split("use one of")[1] and "layer4" in line  # only layers that work are offered
+
+
+def test_batch_of_one_at_32_px_or_less_is_one_line(tmp_path, trained_state, capsys):
+    root, data = trained_state
+    one_error_line(capsys, train(tmp_path, data, "--img-size", "16", "--batch-size", "1"),
+                   "--batch-size 1 with --img-size 16", "BatchNorm")
+
+
+def test_images_one_folder_below_the_class_are_taken_as_imagefolder_takes_them(tmp_path):
+    from expression.data import decode_split
+
+    for split in ("a", "b"):
+        (tmp_path / split / "deeper").mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 10, np.uint8)).save(tmp_path / split / "top.png")
+        Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / split / "deeper" / "below.png")
+    decoded = decode_split(tmp_path, ["a", "b"], 8)
+    assert [Path(p).relative_to(tmp_path).as_posix() for p in decoded.paths] == \
+        ["a/top.png", "a/deeper/below.png", "b/top.png", "b/deeper/below.png"]
+    assert decoded.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_quoted_loader_errors_never_advise_loading_unsafely():
+    from expression.errors import reason
+
+    torch_message = ("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will "
+                     "likely succeed. Do it only if you got the file from a trusted source.\n\nTrying to load "
+                     "unsupported GLOBAL posix.system whose module posix is blocked.")
+    assert reason(Exception(torch_message)) == "Trying to load unsupported GLOBAL posix.system whose module " \
+                                               "posix is blocked."
+    assert "allow_pickle" not in reason(ValueError("Object arrays cannot be loaded when allow_pickle=False"))
+    assert reason(EOFError()) == "EOFError"
