@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -28,7 +29,8 @@ STATE_FORMAT = "expression-deciphered/train-state"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "model", "arch", "class_names", "img_size", "mean", "std", "color")
 # The fix for "no usable model": the library names the command that makes one; scripts name their flag.
-TRAIN_HINT = "train one with `python train_resnet34.py --demo` (minutes) or on FER2013, or choose another model file"
+TRAIN_HINT = ("train one with `python train_resnet34.py --demo` (installed: `expression-train --demo`; minutes) "
+              "or on FER2013, or choose another model file")
 
 
 def model_record(model, preprocessing: Preprocessing, *, arch: str, class_names, args: dict | None = None,
@@ -123,7 +125,8 @@ def load_record(path, expect: str = MODEL_FORMAT, option: str = "checkpoint") ->
 
     path = Path(path)
     if not path.is_file():
-        raise bad(f"no checkpoint at {path}: {TRAIN_HINT}")
+        raise bad(f"no checkpoint at {path}: " + (shipped_model_missing() if path.name == SHIPPED_MODEL.name
+                                                  else TRAIN_HINT))
     if path.stat().st_size == 0:
         raise bad(f"checkpoint {path} is empty (0 bytes; an interrupted copy?): {TRAIN_HINT}")
     try:
@@ -230,6 +233,37 @@ def load_model(path, device="cpu"):
 # The FER2013 model the project ships (float16 weights, tracked in git). Training writes
 # models/<name>.pt and never this sub-folder, so a user's run cannot overwrite it.
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "shipped" / "resnet34_fer2013_cpu.pt"
+# An installed (non-editable) package carries it as wheel data: pip puts it under <prefix>/share/.
+SHIPPED_DATA = Path("share") / "expression-deciphered" / "models" / "shipped" / SHIPPED_MODEL.name
+
+
+def shipped_model_candidates() -> list[Path]:
+    """Where the shipped model is looked for, in order: $EXPRESSION_SHIPPED_MODEL (a file you put
+    anywhere), the clone's models/shipped/, then the install's share/ folder (the environment's prefix,
+    the user scheme, and beside the package for `pip install --target`). Nothing is downloaded."""
+    import sysconfig
+
+    found = [Path(os.environ["EXPRESSION_SHIPPED_MODEL"])] if os.environ.get("EXPRESSION_SHIPPED_MODEL") else []
+    found.append(SHIPPED_MODEL)
+    prefixes = [Path(sys.prefix), Path(sysconfig.get_path("data")), Path(__file__).resolve().parents[1]]
+    try:
+        prefixes.append(Path(sysconfig.get_path("data", f"{os.name}_user")))
+    except KeyError:  # a platform without a user scheme
+        pass
+    found.extend(prefix / SHIPPED_DATA for prefix in prefixes)
+    return list(dict.fromkeys(found))
+
+
+def shipped_model() -> Path | None:
+    """The shipped FER2013 model file (see `shipped_model_candidates`), or None when there is none."""
+    return next((path for path in shipped_model_candidates() if path.is_file()), None)
+
+
+def shipped_model_missing() -> str:
+    """What to do when the shipped model is not found: where it was looked for and where to put it."""
+    return (f"the shipped FER2013 model {SHIPPED_MODEL.name} is in none of "
+            f"{', '.join(str(p) for p in shipped_model_candidates())}: copy it from a clone's models/shipped/ "
+            f"to one of them or set EXPRESSION_SHIPPED_MODEL to its path")
 
 
 def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
@@ -239,7 +273,10 @@ def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
     trained on the drawn demo faces are passed over: their predictions on real faces are meaningless,
     and nobody should get them without asking for that file by name."""
     if arg:
-        return Path(arg), "--checkpoint"
+        named = Path(arg)
+        if not named.is_file() and named.name == SHIPPED_MODEL.name and shipped_model():
+            return shipped_model(), "the shipped FER2013 model"  # its documented path, outside the clone
+        return named, "--checkpoint"
     passed_over = []
     for path in reversed(_models_by_age(models_dir)):
         if real_photos and trained_on_demo_faces(path):
@@ -247,14 +284,14 @@ def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
             continue
         return path, f"the newest model in {models_dir}/"
     skipped = f"; passed over {', '.join(passed_over)} (drawn demo faces)" if passed_over else ""
-    if shipped and SHIPPED_MODEL.is_file():
-        return SHIPPED_MODEL, f"the shipped FER2013 model{skipped}"
+    if shipped and shipped_model():
+        return shipped_model(), f"the shipped FER2013 model{skipped}"
     if passed_over:
         raise InputError(f"only demo-face models in {models_dir}/ ({', '.join(passed_over)}), which cannot read "
                          f"real faces: train on FER2013, or name {models_dir}/{passed_over[0]} as the checkpoint "
                          f"to use it anyway", option="checkpoint")
-    raise InputError(f"no model in {models_dir}/" + (f" and no shipped model at {SHIPPED_MODEL}" if shipped else "")
-                     + f": {TRAIN_HINT}", option="checkpoint")
+    raise InputError(f"no model in {models_dir}/" + (f" and {shipped_model_missing()}" if shipped else "")
+                     + f"; or {TRAIN_HINT}", option="checkpoint")
 
 
 def open_model(arg, device="cpu", *, real_photos: bool = False):
