@@ -126,6 +126,9 @@ def main(args) -> int:
     except OSError as err:  # no MP4 encoder
         raise UsageError(f"writing to {out_dir} failed ({err}): check free space and permissions") from None
     if stats.images + stats.frames == 0:
+        if stats.interrupted:
+            print("interrupted (Ctrl-C) before any picture was done: nothing was written", file=sys.stderr)
+            return 130
         if args.webcam is not None:
             raise UsageError(f"camera {args.webcam} gave no frames")
         bad = "; ".join(f"{p} ({why})" for p, why in stats.unreadable[:3])

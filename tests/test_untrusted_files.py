@@ -82,10 +82,13 @@ def test_damaged_records_are_refused_by_the_one_loader(tmp_path, random_checkpoi
 
 def script_runs(tmp_path, path):
     """Every script that reads a model file, pointed at `path` -> (name, exit code) one after another."""
+    import attentionMap_FER
     import evaluate
     import export
     import gradcam_FER
     import predict_FER
+    import train_resnet34
+    from conftest import write_image_folder
 
     face = tmp_path / "face.png"
     Image.fromarray(np.full((48, 48), 128, np.uint8)).save(face)
@@ -100,17 +103,27 @@ def script_runs(tmp_path, path):
                                       "--out", str(tmp_path / "g")]),
         "evaluate": (evaluate, ["--checkpoint", str(path), "--split", str(data), "--out", str(tmp_path / "e"),
                                   "--quiet"]),
+        "attentionMap_FER": (attentionMap_FER, ["--checkpoint", str(path), "--images", str(face),
+                                                "--out", str(tmp_path / "a")]),
+        "train_resnet34 --init": (train_resnet34, [
+            "--data", str(write_image_folder(tmp_path / "faces", per_class=(2, 1))), "--init", str(path),
+            "--epochs", "1", "--out", str(tmp_path / "runs"), "--models-dir", str(tmp_path / "models"),
+            "--workers", "0", "--quiet"]),
     }
     for name, (module, argv) in runs.items():
         yield name, run_main(module.main, module.get_args_parser().parse_args(argv))
 
 
-def test_every_script_refuses_a_nan_checkpoint_in_one_line(tmp_path, random_checkpoint, capsys):
-    path = damaged_record(tmp_path, random_checkpoint, _nan_weight)
+@pytest.mark.parametrize("case", RECORD_CASES, ids=list(RECORD_CASES))
+def test_every_script_refuses_a_damaged_model_file_in_one_line(tmp_path, random_checkpoint, capsys, case):
+    change, fragment = RECORD_CASES[case]
+    path = damaged_record(tmp_path, random_checkpoint, change)
     capsys.readouterr()
     for name, code in script_runs(tmp_path, path):
-        one_error_line(capsys, code, "--checkpoint", "inf or nan")
-    assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob("p/*")) and not (tmp_path / "e").exists()
+        flag = "--init" if name.startswith("train") else "--checkpoint"
+        one_error_line(capsys, code, flag, "invalid metadata", fragment)
+    written = [p for folder in ("p", "e", "g", "a", "models") for p in (tmp_path / folder).rglob("*") if p.is_file()]
+    assert not (tmp_path / "m.onnx").exists() and not written
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -557,3 +570,28 @@ def test_quoted_loader_errors_never_advise_loading_unsafely():
                                                "posix is blocked."
     assert "allow_pickle" not in reason(ValueError("Object arrays cannot be loaded when allow_pickle=False"))
     assert reason(EOFError()) == "EOFError"
+
+
+@pytest.mark.parametrize("interrupt_at", [1, 2])
+def test_ctrl_c_during_prediction_exits_130_with_what_was_done(tmp_path, random_checkpoint, capsys, monkeypatch,
+                                                              interrupt_at):
+    import predict_FER
+    from expression import prediction
+
+    for name in ("a", "b"):
+        Image.fromarray(np.full((48, 48), 100, np.uint8)).save(tmp_path / f"{name}.png")
+    real, calls = prediction.process_image, []
+
+    def ctrl_c_at(source, *args, **kwargs):
+        calls.append(source)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(prediction, "process_image", ctrl_c_at)
+    code = run_main(predict_FER.main, predict_FER.get_args_parser().parse_args(
+        [str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--checkpoint", str(random_checkpoint),
+         "--out", str(tmp_path / "p"), "--detector", "none", "--quiet"]))
+    assert code == 130 and "Traceback" not in capsys.readouterr().err
+    records = tmp_path / "p" / "predictions.jsonl"
+    assert (len(records.read_text().splitlines()) == 1) if interrupt_at == 2 else not records.exists()
