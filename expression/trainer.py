@@ -14,7 +14,6 @@ train.py does in its main().
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -169,6 +168,8 @@ def run(args) -> int:
     progress = rank0 and use_progress_bars(args.quiet)
     try:
         return _train(args, device, dist_info, rank0, progress)
+    except WriteError as err:  # nothing half-written (atomic writes): say what is on disk and how to go on
+        raise UsageError(f"{err}. {what_survives(args)}") from None
     except KeyboardInterrupt:  # before the first epoch: nothing worth keeping was written yet
         print("\ninterrupted before training started", file=sys.stderr)
         return 130
@@ -254,23 +255,17 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     train_model = recipe.maybe_compile(train_model, args.compile)
 
-    saved_epoch = state.epoch if resume else None  # the epoch a resumable state on disk holds
-
     def save_state() -> None:
-        nonlocal saved_epoch
         saved = state.state_dict()  # on every rank: it gathers the augmentation streams
         if rank0:
             record = checkpoint.model_record(model, preprocessing, arch=ARCH, class_names=class_names,
                                              args=vars(args), epoch=state.epoch, fmt=checkpoint.STATE_FORMAT,
                                              metrics=state.history[-1] if state.history else {},
                                              lineage=lineage, command=command)
-            with say_what_survives(args, run_dir, lambda: saved_epoch):
-                checkpoint.save({**record, **saved}, run_dir / "checkpoint.pt")
-        saved_epoch = state.epoch
+            checkpoint.save({**record, **saved}, run_dir / "checkpoint.pt")
 
     if rank0:
-        with say_what_survives(args, run_dir, lambda: saved_epoch):
-            write_json(run_dir / "args.json", vars(args))
+        write_json(run_dir / "args.json", vars(args))
         sizes = f"{len(train_split.labels)} train / " + (f"{len(val_split.labels)} val / " if val_split else "")
         print(f"{args.name}: {sizes}{len(test_split.labels)} test images, {len(class_names)} classes, "
               f"{args.img_size} px {preprocessing.color}, weights {args.weights}, recipe {args.recipe}, "
@@ -311,8 +306,7 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
             state.epoch = epoch
             save_state()
             if rank0:
-                with say_what_survives(args, run_dir, lambda: saved_epoch):
-                    report.write_metrics_csv(run_dir / "metrics.csv", state.history)
+                report.write_metrics_csv(run_dir / "metrics.csv", state.history)
                 print(f"epoch {epoch:>3}/{args.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2%}  "
                       f"{val_line}test loss {final.loss:.4f} acc {final.acc:6.2%}  ({row['seconds']:.1f} s)",
                       flush=True)
@@ -332,30 +326,29 @@ def _train(args, device, dist_info, rank0: bool, progress: bool) -> int:
     if final is None:  # the chosen epoch, or a resumed run that had already finished
         final = evaluate_on(eval_model, test_loader)
     if rank0:
-        with say_what_survives(args, run_dir, lambda: saved_epoch):
-            write_outputs(args, run_dir, eval_model, preprocessing, class_names, history, chosen, final,
-                          lineage=lineage, command=command)
+        write_outputs(args, run_dir, eval_model, preprocessing, class_names, history, chosen, final,
+                      lineage=lineage, command=command)
     return 0
 
 
-@contextlib.contextmanager
-def say_what_survives(args, run_dir: Path, saved_epoch):
-    """A file the OS refused (disk full, permissions) ends the run with one line naming it, the epoch
-    the training state on disk holds and the exact command that continues from it."""
+def what_survives(args) -> str:
+    """After a write the OS refused (disk full, permissions): the epoch the training state on disk holds
+    and the exact command that continues from it, or that there is none yet."""
+    state = Path(args.out) / args.name / "checkpoint.pt"
     try:
-        yield
-    except WriteError as err:
-        epoch, state = saved_epoch(), run_dir / "checkpoint.pt"
-        if epoch is None:
-            raise UsageError(f"{err}. No training state was written yet: run the same command again") from None
-        argv, skip = [], False
-        for arg in sys.argv[1:]:  # this run's flags, its own --resume replaced by the state just written
-            if skip or arg == "--resume" or arg.startswith("--resume="):
-                skip = arg == "--resume"
-                continue
-            argv.append(arg)
-        resume = shlex.join(["python", "train_resnet34.py", *argv, "--resume", str(state)])
-        raise UsageError(f"{err}. {state} holds epoch {epoch}: continue with `{resume}`") from None
+        epoch = int(torch.load(state, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001 - absent, or itself unreadable: there is nothing to resume
+        if args.resume:
+            return f"{args.resume} is unchanged: run the same command again"
+        return "No training state was written yet: run the same command again"
+    argv, skip = [], False
+    for arg in sys.argv[1:]:  # this run's flags, its own --resume replaced by the state on disk
+        if skip or arg == "--resume" or arg.startswith("--resume="):
+            skip = arg == "--resume"
+            continue
+        argv.append(arg)
+    resume = shlex.join(["python", "train_resnet34.py", *argv, "--resume", str(state)])
+    return f"{state} holds epoch {epoch}: continue with `{resume}`"
 
 
 def write_outputs(args, run_dir: Path, model, preprocessing, class_names, history, chosen, final, *,
