@@ -84,19 +84,61 @@ def newest_onnx(models_dir) -> Path:
     return candidates[-1]
 
 
+MAX_IMG_SIZE = 1024  # as expression.checkpoint.MAX_IMG_SIZE: larger is a damaged field, not a trained model
+
+
 def parse_metadata(props: dict) -> dict:
-    """String metadata_props -> typed preprocessing spec; a file without them is not ours."""
+    """String metadata_props -> typed preprocessing spec; a file without them is not ours, and values
+    out of bounds are refused (a 100000 px img_size once resized until the kernel killed the process)."""
     missing = [k for k in REQUIRED_METADATA if k not in props]
     if missing:
         raise ValueError(f"metadata lacks {', '.join(missing)}")
     meta = dict(props)
-    meta["class_names"] = [str(c) for c in json.loads(props["class_names"])]
-    meta["img_size"] = int(props["img_size"])
-    meta["mean"] = [float(m) for m in json.loads(props["mean"])]
-    meta["std"] = [float(s) for s in json.loads(props["std"])]
-    if meta["color"] not in ("gray", "rgb"):
-        raise ValueError(f"unknown color {meta['color']!r}")
+    for key in ("class_names", "mean", "std", "img_size"):
+        meta[key] = json.loads(props[key])
+    problem = metadata_problem(meta)
+    if problem:
+        raise ValueError(f"invalid metadata: {problem}")
+    meta["mean"], meta["std"] = [float(m) for m in meta["mean"]], [float(s) for s in meta["std"]]
     return meta
+
+
+def metadata_problem(meta: dict) -> str | None:
+    """The bounds expression.checkpoint.metadata_problem puts on a .pt record's fields, repeated here
+    because this file imports nothing from the project (tests/test_untrusted_files.py checks the two agree)."""
+    names = meta["class_names"]
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n.strip() for n in names):
+        return "class_names must be a list of at least two non-empty names"
+    if len(set(names)) != len(names):
+        return f"class_names repeat a name: {', '.join(names)}"
+    size = meta["img_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_IMG_SIZE:
+        return f"img_size {size!r} is not a whole number of pixels in 8..{MAX_IMG_SIZE}"
+    if meta["color"] not in ("gray", "rgb"):
+        return f"color {meta['color']!r} is neither 'gray' nor 'rgb'"
+    for key, low in (("mean", float("-inf")), ("std", 0.0)):
+        values = meta[key]
+        if not isinstance(values, list) or len(values) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > low
+                for v in values):
+            return f"{key} {values!r} must be three finite numbers" + (" above 0" if key == "std" else "")
+    return None
+
+
+def graph_problem(session, meta: dict) -> str | None:
+    """What in the graph contradicts the metadata, or None: one (N, 3, S, S) input with S = img_size and
+    one (N, classes) output. Dimensions left symbolic are checked on the first batch (`predict`)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        return f"the graph has {len(inputs)} inputs and {len(outputs)} outputs, not one image batch in"
+    size = meta["img_size"]
+    for what, shape, expected in (("input", inputs[0].shape, ["N", 3, size, size]),
+                                  ("output", outputs[0].shape, ["N", len(meta["class_names"])])):
+        if shape is None or len(shape) != len(expected) or any(
+                isinstance(dim, int) and isinstance(want, int) and dim != want for dim, want in zip(shape, expected)):
+            return f"its {what} has shape {shape}, the metadata ({len(meta['class_names'])} classes, " \
+                   f"{size} px) says {expected}"
+    return None
 
 
 def load_session(path, threads: int = 0):
@@ -116,6 +158,10 @@ def load_session(path, threads: int = 0):
         meta = parse_metadata(session.get_modelmeta().custom_metadata_map)
     except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
         raise UsageError(f"{path} is not an Expression-Deciphered export ({err}): {EXPORT_HINT}") from None
+    problem = graph_problem(session, meta)
+    if problem:
+        raise UsageError(f"{path} does not match its own metadata ({problem}): {EXPORT_HINT}")
+    meta["path"] = str(path)
     return session, meta
 
 
@@ -243,7 +289,18 @@ def load_pixels(path, meta: dict) -> np.ndarray:
 def predict(session, meta: dict, batch_uint8: np.ndarray) -> np.ndarray:
     """Probabilities (N, C) for uint8 pixels as `pixels` returns them."""
     name = session.get_inputs()[0].name
-    logits = session.run(None, {name: normalize(batch_uint8, meta)})[0]
+    try:
+        logits = session.run(None, {name: normalize(batch_uint8, meta)})[0]
+    except Exception as err:  # onnxruntime's own types: a graph that cannot take this input
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UsageError(f"onnxruntime cannot run {meta.get('path', 'the model')} ({first}): {EXPORT_HINT}") from None
+    classes = len(meta["class_names"])
+    if logits.shape != (len(batch_uint8), classes):
+        raise UsageError(f"{meta.get('path', 'the model')} returned shape {list(logits.shape)} for "
+                         f"{len(batch_uint8)} images, not {classes} class scores each: {EXPORT_HINT}")
+    if not np.isfinite(logits).all():
+        raise UsageError(f"{meta.get('path', 'the model')} computed inf or nan (its weights are damaged): "
+                         f"{EXPORT_HINT}")
     return softmax(logits.astype(np.float64))
 
 

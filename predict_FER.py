@@ -38,7 +38,7 @@ from expression.cli import (ArgumentParser, UsageError, add_checkpoint_argument,
                             positive_int, resolve_device, run_main, use_progress_bars)
 from expression.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
                               DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector)
-from expression.io import ensure_writable_dir, write_json
+from expression.io import WriteError, ensure_writable_dir, write_json
 from expression.prediction import (CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, DEFAULT_FACE_TTA, FACE_TTA,
                                    Classifier, OutputNames, Predictor, Stats, find_sources, process_all)
 from expression.prediction_outputs import RecordWriter
@@ -124,9 +124,15 @@ def main(args) -> int:
             predictor = Predictor(args, detector, classifier, writer, out_dir, stats, note)
             process_all(predictor, sources, OutputNames(), progress, webcam=args.webcam)
             writer.discard = stats.images + stats.frames == 0  # never replace old records by an empty file
-    except OSError as err:  # disk full, permissions changed under us, no MP4 encoder
+    except WriteError as err:  # disk full, permissions changed under us: the file at fault is named
+        raise UsageError(f"{err}. Annotated copies finished before it are kept in {out_dir}/, "
+                         f"{records_path.name} is not replaced") from None
+    except OSError as err:  # no MP4 encoder
         raise UsageError(f"writing to {out_dir} failed ({err}): check free space and permissions") from None
     if stats.images + stats.frames == 0:
+        if stats.interrupted:
+            print("interrupted (Ctrl-C) before any picture was done: nothing was written", file=sys.stderr)
+            return 130
         if args.webcam is not None:
             raise UsageError(f"camera {args.webcam} gave no frames")
         bad = "; ".join(f"{p} ({why})" for p, why in stats.unreadable[:3])
@@ -137,7 +143,7 @@ def main(args) -> int:
                             seconds=round(time.perf_counter() - start, 2))
     write_json(out_dir / "summary.json", summary)
     print_summary(summary, stats, out_dir, args)
-    return 0
+    return 130 if stats.interrupted else 0  # what was done is written, but the run did not finish
 
 
 def print_summary(summary: dict, stats: Stats, out_dir: Path, args) -> None:

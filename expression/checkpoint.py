@@ -9,25 +9,28 @@ Two kinds of file, both written atomically and read with `torch.load(weights_onl
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import os
 import pickle
 import sys
 from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, reason
 from .data import Preprocessing
 from .io import atomic_path
-from .model import build_model, unwrap
+from .model import ARCHS, build_model, unwrap
 
 MODEL_FORMAT = "expression-deciphered/model"
 STATE_FORMAT = "expression-deciphered/train-state"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "model", "arch", "class_names", "img_size", "mean", "std", "color")
 # The fix for "no usable model": the library names the command that makes one; scripts name their flag.
-TRAIN_HINT = "train one with `python train_resnet34.py --demo` (minutes) or on FER2013, or choose another model file"
+TRAIN_HINT = ("train one with `python train_resnet34.py --demo` (installed: `expression-train --demo`; minutes) "
+              "or on FER2013, or choose another model file")
 
 
 def model_record(model, preprocessing: Preprocessing, *, arch: str, class_names, args: dict | None = None,
@@ -103,8 +106,13 @@ def save(record: dict, path) -> Path:
     """Write to a temp file in the same folder, then os.replace: an old file survives any crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        try:
+            torch.save(record, handle)  # a file object: its OSError (disk full) is the cause torch reports
+        except RuntimeError as err:  # torch's zip writer words a failed write "unexpected pos 576 vs 534"
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
     return path
 
 
@@ -117,7 +125,8 @@ def load_record(path, expect: str = MODEL_FORMAT, option: str = "checkpoint") ->
 
     path = Path(path)
     if not path.is_file():
-        raise bad(f"no checkpoint at {path}: {TRAIN_HINT}")
+        raise bad(f"no checkpoint at {path}: " + (shipped_model_missing() if path.name == SHIPPED_MODEL.name
+                                                  else TRAIN_HINT))
     if path.stat().st_size == 0:
         raise bad(f"checkpoint {path} is empty (0 bytes; an interrupted copy?): {TRAIN_HINT}")
     try:
@@ -129,7 +138,7 @@ def load_record(path, expect: str = MODEL_FORMAT, option: str = "checkpoint") ->
                   f"which is unsafe to load: convert the seed's model_res34.pth with `python import_seed_model.py "
                   f"{path}`, or retrain") from None
     except Exception as err:  # truncated, foreign or corrupt: torch raises many types
-        raise bad(f"cannot read checkpoint {path} ({str(err).splitlines()[0][:100]}): "
+        raise bad(f"cannot read checkpoint {path} ({reason(err)}): "
                   f"the file is truncated or not a PyTorch file; {TRAIN_HINT}") from None
     if not isinstance(record, dict) or any(k not in record for k in REQUIRED_KEYS):
         raise bad(f"{path} is not an Expression-Deciphered checkpoint (a bare state dict or another "
@@ -170,7 +179,35 @@ def metadata_problem(record: dict) -> str | None:
             return f"{key} {values!r} must be three finite numbers" + (" above 0" if key == "std" else "")
     if not isinstance(record["model"], dict) or not all(torch.is_tensor(v) for v in record["model"].values()):
         return "model must be a state dict of tensors"
+    return weights_problem(record["model"], record["arch"], len(names))
+
+
+def weights_problem(state: dict, arch: str, num_classes: int) -> str | None:
+    """What is wrong with a state dict for a `num_classes`-way `arch`, or None: the same keys and shapes
+    (so class names and the input channels agree with the weights) and no inf or nan. The one check every
+    reader of weights runs (.pt records, the seed's pickle, training states; export.py reads records)."""
+    if not isinstance(arch, str) or arch not in ARCHS:
+        return f"arch {arch!r} is not one of {', '.join(ARCHS)}"
+    expected = _expected_shapes(arch, num_classes)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        return (f"the weights are not a {arch}'s ({len(missing)} missing keys, e.g. {missing[:1]}; "
+                f"{len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            what = f"{num_classes} class names" if key.startswith("fc.") else f"a {arch}"
+            return f"{key} has shape {tuple(state[key].shape)}, {shape} for {what}"
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"{key} holds inf or nan weights (a diverged run or a damaged file)"
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_shapes(arch: str, num_classes: int) -> dict:
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = build_model(arch, num_classes, weights="none")
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def model_from_record(record: dict, path="checkpoint", device="cpu"):
@@ -182,7 +219,7 @@ def model_from_record(record: dict, path="checkpoint", device="cpu"):
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise InputError(f"{path}: weights do not fit a {record['arch']} with {len(record['class_names'])} classes "
-                         f"({str(err).splitlines()[0][:100]}): the file is damaged or from another model",
+                         f"({reason(err)}): the file is damaged or from another model",
                          option="checkpoint") from None
     return model.to(device).eval()
 
@@ -196,6 +233,37 @@ def load_model(path, device="cpu"):
 # The FER2013 model the project ships (float16 weights, tracked in git). Training writes
 # models/<name>.pt and never this sub-folder, so a user's run cannot overwrite it.
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "shipped" / "resnet34_fer2013_cpu.pt"
+# An installed (non-editable) package carries it as wheel data: pip puts it under <prefix>/share/.
+SHIPPED_DATA = Path("share") / "expression-deciphered" / "models" / "shipped" / SHIPPED_MODEL.name
+
+
+def shipped_model_candidates() -> list[Path]:
+    """Where the shipped model is looked for, in order: $EXPRESSION_SHIPPED_MODEL (a file you put
+    anywhere), the clone's models/shipped/, then the install's share/ folder (the environment's prefix,
+    the user scheme, and beside the package for `pip install --target`). Nothing is downloaded."""
+    import sysconfig
+
+    found = [Path(os.environ["EXPRESSION_SHIPPED_MODEL"])] if os.environ.get("EXPRESSION_SHIPPED_MODEL") else []
+    found.append(SHIPPED_MODEL)
+    prefixes = [Path(sys.prefix), Path(sysconfig.get_path("data")), Path(__file__).resolve().parents[1]]
+    try:
+        prefixes.append(Path(sysconfig.get_path("data", f"{os.name}_user")))
+    except KeyError:  # a platform without a user scheme
+        pass
+    found.extend(prefix / SHIPPED_DATA for prefix in prefixes)
+    return list(dict.fromkeys(found))
+
+
+def shipped_model() -> Path | None:
+    """The shipped FER2013 model file (see `shipped_model_candidates`), or None when there is none."""
+    return next((path for path in shipped_model_candidates() if path.is_file()), None)
+
+
+def shipped_model_missing() -> str:
+    """What to do when the shipped model is not found: where it was looked for and where to put it."""
+    return (f"the shipped FER2013 model {SHIPPED_MODEL.name} is in none of "
+            f"{', '.join(str(p) for p in shipped_model_candidates())}: copy it from a clone's models/shipped/ "
+            f"to one of them or set EXPRESSION_SHIPPED_MODEL to its path")
 
 
 def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
@@ -205,7 +273,10 @@ def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
     trained on the drawn demo faces are passed over: their predictions on real faces are meaningless,
     and nobody should get them without asking for that file by name."""
     if arg:
-        return Path(arg), "--checkpoint"
+        named = Path(arg)
+        if not named.is_file() and named.name == SHIPPED_MODEL.name and shipped_model():
+            return shipped_model(), "the shipped FER2013 model"  # its documented path, outside the clone
+        return named, "--checkpoint"
     passed_over = []
     for path in reversed(_models_by_age(models_dir)):
         if real_photos and trained_on_demo_faces(path):
@@ -213,14 +284,14 @@ def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
             continue
         return path, f"the newest model in {models_dir}/"
     skipped = f"; passed over {', '.join(passed_over)} (drawn demo faces)" if passed_over else ""
-    if shipped and SHIPPED_MODEL.is_file():
-        return SHIPPED_MODEL, f"the shipped FER2013 model{skipped}"
+    if shipped and shipped_model():
+        return shipped_model(), f"the shipped FER2013 model{skipped}"
     if passed_over:
         raise InputError(f"only demo-face models in {models_dir}/ ({', '.join(passed_over)}), which cannot read "
                          f"real faces: train on FER2013, or name {models_dir}/{passed_over[0]} as the checkpoint "
                          f"to use it anyway", option="checkpoint")
-    raise InputError(f"no model in {models_dir}/" + (f" and no shipped model at {SHIPPED_MODEL}" if shipped else "")
-                     + f": {TRAIN_HINT}", option="checkpoint")
+    raise InputError(f"no model in {models_dir}/" + (f" and {shipped_model_missing()}" if shipped else "")
+                     + f"; or {TRAIN_HINT}", option="checkpoint")
 
 
 def open_model(arg, device="cpu", *, real_photos: bool = False):

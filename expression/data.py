@@ -129,7 +129,7 @@ def check_splits(train_dir, test_dir, other: str = "test") -> list[str]:
     for what, path in (("train", train_dir), (other, test_dir)):
         for name in train_classes:
             folder = Path(path) / name
-            if not any(is_image_file(p) for p in folder.iterdir() if p.is_file()):
+            if not any(is_image_file(p) for p in _class_files(folder)):
                 raise InputError(f"class folder {folder} has no images: add images or remove the class "
                                  f"from both splits")
     return train_classes
@@ -181,6 +181,16 @@ def _decode_for_training(path, img_size: int) -> np.ndarray:
     return pixels
 
 
+def _class_files(folder: Path) -> list[Path]:
+    """Every file under a class folder, sub-folders included as torchvision's ImageFolder takes them
+    (hidden files and folders left out), sorted: <class>/a.png before <class>/sub/b.png."""
+    found = []
+    for parent, folders, names in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        found.extend(Path(parent) / n for n in sorted(names) if not n.startswith("."))
+    return found
+
+
 def decode_split(root, class_names, img_size: int, color: str | None = None, workers: int = 0,
                  progress: bool = False, what: str = "split") -> DecodedSplit:
     """Decode every image of an ImageFolder split once into memory.
@@ -191,14 +201,12 @@ def decode_split(root, class_names, img_size: int, color: str | None = None, wor
     """
     files, labels, skipped = [], [], []
     for index, name in enumerate(class_names):
-        for entry in sorted(os.scandir(Path(root) / name), key=lambda e: e.name):
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            if is_image_file(entry.name):
-                files.append(entry.path)
+        for path in _class_files(Path(root) / name):
+            if is_image_file(path.name):
+                files.append(str(path))
                 labels.append(index)
             else:
-                skipped.append((entry.path, "not an image file extension"))
+                skipped.append((str(path), "not an image file extension"))
 
     def decode(path):
         try:

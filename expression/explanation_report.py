@@ -16,6 +16,7 @@ from gradcam.evaluation import COLUMNS, SANITY_MAX_RHO, ExplanationScores, nanme
 from gradcam.metrics import BASELINE_MAPS, step_counts
 
 from .cli import UsageError
+from .errors import reason
 from .io import write_json, write_text
 from .report import save_figure
 
@@ -48,7 +49,7 @@ def load_masks(files, size: int, explicit=None):
         except (OSError, KeyError, ValueError) as err:
             if not explicit:
                 continue
-            raise UsageError(f"cannot read evidence masks from {npz_path} ({str(err).splitlines()[0][:80]}): "
+            raise UsageError(f"cannot read evidence masks from {npz_path} ({reason(err, 80)}): "
                              f"expected keys files and evidence, as expression.synthetic writes") from None
         root, matched = npz_path.parent, False
         for k, name in enumerate(rel):

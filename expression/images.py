@@ -62,3 +62,45 @@ def scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
     scaled = (values - low) / max(high - low, 1e-12) * 255.0
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def rgb_uint8(image) -> np.ndarray:
+    """A picture as the API takes it -> RGB uint8 (H, W, 3): a file path, a PIL image of any mode, or an
+    array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of any dtype. Arrays are RGB(A) in channel order;
+    bool is black/white, uint8 as is, uint16 spans 0..65535, floats in 0..1 or 0..255 keep that range
+    and any other range (other integers too) is scaled by its own minimum and maximum; nan counts as the
+    minimum. A ValueError says what was not a picture."""
+    import os
+
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as img:  # OSError / UnidentifiedImageError for a missing or foreign file
+            img.load()
+            return np.asarray(standard_image(img).convert("RGB"))
+    if isinstance(image, Image.Image):
+        return np.asarray(standard_image(image).convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[:, :, :3] if array.shape[2] != 1 else array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or min(array.shape[:2]) < 1 \
+            or array.dtype.kind not in "biuf":
+        raise ValueError(f"expected an image: a path, a PIL image or an (H, W[, 1|3|4]) numeric array, got "
+                         f"{type(image).__name__} {getattr(array, 'dtype', '')} of shape {array.shape}")
+    if array.dtype == np.uint8:
+        pixels = array
+    elif array.dtype.kind == "b":
+        pixels = array.astype(np.uint8) * 255
+    elif array.dtype == np.uint16:
+        pixels = scale_to_uint8(array, "I;16")
+    else:
+        values = array.astype(np.float64)
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if array.dtype.kind == "f" and low >= 0 and high <= 1:
+            low, high = 0.0, 1.0
+        elif low >= 0 and high <= 255:
+            low, high = 0.0, 255.0
+        values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+        pixels = np.clip((values - low) / max(high - low, 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(pixels)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from .errors import InputError
+from .errors import InputError, reason
 
 # arch -> (constructor, ImageNet weights enum). One entry today; the table keeps checkpoints honest
 # about what they hold and leaves room for more.
@@ -28,8 +28,8 @@ def build_model(arch: str = "resnet34", num_classes: int = 7, weights: str = "no
         try:
             model = constructor(weights=imagenet)  # downloads once into torch.hub's cache, like torchvision
         except Exception as err:  # offline, proxy, corrupt cache: all mean "no weights to be had"
-            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-            raise InputError(f"could not get ImageNet weights for {arch} ({reason}): use 'none' to train "
+            why = reason(err, 120)
+            raise InputError(f"could not get ImageNet weights for {arch} ({why}): use 'none' to train "
                              f"from scratch, or the path of a local torchvision {arch} state dict",
                              option="weights") from None
     else:
@@ -48,7 +48,7 @@ def _load_torchvision_state_dict(path, arch: str, reference: nn.Module) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, foreign or corrupt: torch raises many types
-        raise InputError(f"cannot read weights file {path} ({str(err).splitlines()[0][:100]}): {hint}",
+        raise InputError(f"cannot read weights file {path} ({reason(err)}): {hint}",
                          option="weights") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"weights file {path} is not a state dict of tensors: {hint}", option="weights")

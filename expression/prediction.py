@@ -4,7 +4,7 @@ drawing is in `expression.drawing`, the files it writes in `expression.predictio
 
     from expression.prediction import FacePredictor
     predictor = FacePredictor.from_checkpoint("models/shipped/resnet34_fer2013_cpu.pt", cam="gradcam")
-    for record in predictor.predict(rgb_uint8_image):   # one dict per face, predict_FER.py's schema
+    for record in predictor.predict("photo.jpg"):   # or a PIL image, or an array of any dtype
         print(record["box"], record["label"], record["probabilities"])
 """
 from __future__ import annotations
@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_model
-from .errors import InputError
+from .checkpoint import choose_model, load_model
+from .errors import InputError, reason
 from .data import Preprocessing, UnreadableImage, find_images, is_image_file, load_pil
 from .drawing import annotate
+from .images import rgb_uint8
 from .faces import DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE, \
     DEFAULT_MIN_NEIGHBORS, FaceDetector, crop_faces, image_to_rgb
 from .prediction_outputs import ImageSink, VideoSink
@@ -130,8 +131,11 @@ def cam_layers(model, ckpt: dict, cam: str, layer: str) -> tuple[tuple, str]:
     """--cam, --cam-layer -> (layers to explain, key of the map shown). `layer` is a module name,
     "fused" (FUSED_LAYERS fused into one map) or, for the layer-free guidedbackprop and fullgrad,
     anything (their map is at the input)."""
-    modules = dict(model.named_modules())
-    stages = [name for name, _ in model.named_modules() if name and "." not in name]
+    # A CAM needs a spatial feature map: the classifier head (fc, its pooling) and the model itself
+    # (the empty name) have none, so they are neither offered nor accepted.
+    modules = {name: m for name, m in model.named_modules()
+               if name and not isinstance(m, (torch.nn.Linear, torch.nn.AdaptiveAvgPool2d, torch.nn.Flatten))}
+    stages = [name for name in modules if "." not in name]
     if cam in LAYER_FREE_METHODS:
         last = [name for name in FUSED_LAYERS if name in modules][-1:] or stages[-1:]
         return tuple(last), f"{cam}/{INPUT_LAYER}"
@@ -142,7 +146,7 @@ def cam_layers(model, ckpt: dict, cam: str, layer: str) -> tuple[tuple, str]:
                              f"{', '.join(missing)}: name one layer instead")
         return FUSED_LAYERS, f"{cam}/{FUSED}"
     if layer not in modules:
-        raise ValueError(f"{layer} is not a module of this {ckpt['arch']}: use one of "
+        raise ValueError(f"{layer!r} is not a layer with a feature map in this {ckpt['arch']}: use one of "
                          f"{', '.join(stages)}, {FUSED} (or a dotted name such as layer3.5.conv2)")
     return (layer,), f"{cam}/{layer}"
 
@@ -265,16 +269,24 @@ class FacePredictor:
         self.margin = margin
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", **options) -> "FacePredictor":
-        model, ckpt = load_model(path, device)
+    def from_checkpoint(cls, path=None, device="cpu", **options) -> "FacePredictor":
+        """`path` None (or the shipped model's documented path, from anywhere): the shipped FER2013 model,
+        found as expression.checkpoint.shipped_model says, also in an installed package."""
+        model, ckpt = load_model(choose_model(path, real_photos=True)[0], device)
         return cls(model, ckpt, device, **options)
 
     @property
     def class_names(self) -> list[str]:
         return self.classifier.class_names
 
-    def analyse(self, image: np.ndarray, source: str = "image") -> Item:
-        """-> the classified Item (boxes, crops, probabilities, heat maps) of one RGB uint8 picture."""
+    def analyse(self, image, source: str = "image") -> Item:
+        """-> the classified Item (boxes, crops, probabilities, heat maps) of one picture: a path, a PIL
+        image or an array of any dtype (expression.images.rgb_uint8); an unusable one is an InputError."""
+        try:
+            image = rgb_uint8(image)
+        except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            raise InputError(f"cannot use {str(image)[:80] if isinstance(image, (str, Path)) else 'the image'} "
+                             f"({reason(err, 200)})", option="image") from None
         item = analyse(image, self.detector, self.margin, True, source=source, frame=None)
         classify([item], self.classifier)
         return item

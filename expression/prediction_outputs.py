@@ -3,6 +3,7 @@ images and annotated videos."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class VideoSink:
     def put(self, canvas_rgb: np.ndarray) -> None:
         if self._writer is None:  # the size is known only after the first (possibly enlarged) frame
             self._atomic = atomic_path(self.path)
-            tmp = self._atomic.__enter__()
+            tmp = self._tmp = self._atomic.__enter__()
             h, w = canvas_rgb.shape[:2]
             self._writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
             if not self._writer.isOpened():
@@ -85,7 +86,19 @@ class VideoSink:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+            if ok and not _readable_video(self._tmp):
+                # VideoWriter reports no write errors: on a full disk it leaves a file without its index
+                err = OSError(errno.EIO, "the MP4 came out unreadable (disk full?)")
+                self._atomic.__exit__(OSError, err, None)  # raises a WriteError naming the file
             if ok:
                 self._atomic.__exit__(None, None, None)
             else:
                 self._atomic.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+
+
+def _readable_video(path) -> bool:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return capture.isOpened() and capture.read()[0]
+    finally:
+        capture.release()

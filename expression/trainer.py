@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,10 +28,10 @@ from torch import nn
 from . import checkpoint, distributed, recipe, report
 from .augment import mix_batch
 from .cli import UsageError, resolve_device, use_progress_bars
-from .errors import InputError
+from .errors import InputError, reason
 from .data import Augmentation, InMemoryLoader, Preprocessing, check_splits, decode_split, stratified_split
 from .engine import NonFiniteLoss, train_one_epoch
-from .io import ensure_writable_dir, write_json
+from .io import WriteError, ensure_writable_dir, write_json
 from .model import build_model
 from .training import TrainingState, evaluate_all
 
@@ -74,6 +76,11 @@ def resolve_paths(args) -> None:
         raise UsageError("--schedule plateau watches the validation loss: add --val-split (e.g. 0.1) or --val-dir")
     if args.nesterov and args.optimizer != "sgd":
         raise UsageError(f"--nesterov applies to --optimizer sgd, not {args.optimizer}")
+    if args.batch_size == 1 and math.ceil(args.img_size / 32) == 1:
+        # a ResNet halves the input five times: up to 32 px layer4 is 1x1, and BatchNorm cannot train on
+        # one value per channel
+        raise UsageError(f"--batch-size 1 with --img-size {args.img_size} leaves BatchNorm one value per channel "
+                         f"in layer4 (1x1 there): use --batch-size 2 or more, or --img-size 33 or more")
     args.weights = args.weights or "imagenet"
     args.train_dir = args.train_dir or str(Path(args.data) / "train")
     args.test_dir = args.test_dir or str(Path(args.data) / "test")
@@ -84,9 +91,13 @@ def write_demo_data(args, rank0: bool) -> None:
     from . import synthetic
 
     if rank0:
-        synthetic.write_image_folder(args.data, n_train_per_class=DEMO_TRAIN_PER_CLASS,
-                                     n_test_per_class=DEMO_TEST_PER_CLASS, seed=0, size=args.img_size,
-                                     corner_class=args.demo_corner)
+        try:
+            synthetic.write_image_folder(args.data, n_train_per_class=DEMO_TRAIN_PER_CLASS,
+                                         n_test_per_class=DEMO_TEST_PER_CLASS, seed=0, size=args.img_size,
+                                         corner_class=args.demo_corner)
+        except OSError as err:  # written in a temp folder moved into place: nothing half-written is left
+            raise UsageError(f"cannot write the demo faces to {args.data} ({err.strerror or err}): nothing was "
+                             f"half-written; free space or fix the folder's permissions and run again") from None
 
 
 def check_splits_or_say_which_flag(args) -> list[str]:
@@ -137,7 +148,14 @@ def start_from(model, record: dict, path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise UsageError(f"--init {path}: weights do not fit a {ARCH} with {len(record['class_names'])} classes "
-                         f"({str(err).splitlines()[0][:100]}): the file is damaged") from None
+                         f"({reason(err)}): the file is damaged") from None
+
+
+def diverged(args, run_dir: Path, epoch: int, why: str) -> UsageError:
+    """The one line a run that computed inf or nan ends with; nothing of the epoch is saved."""
+    kept = f"; {run_dir / 'checkpoint.pt'} still holds epoch {epoch - 1}" if epoch > 1 else ""
+    return UsageError(f"training diverged in epoch {epoch}: {why} (--lr {args.lr:g}): try a lower "
+                      f"--lr or --schedule onecycle; no model was written{kept}")
 
 
 def run(args, command: str = "") -> int:
@@ -151,6 +169,8 @@ def run(args, command: str = "") -> int:
     progress = rank0 and use_progress_bars(args.quiet)
     try:
         return _train(args, device, dist_info, rank0, progress, command)
+    except WriteError as err:  # nothing half-written (atomic writes): say what is on disk and how to go on
+        raise UsageError(f"{err}. {what_survives(args, command)}") from None
     except KeyboardInterrupt:  # before the first epoch: nothing worth keeping was written yet
         print("\ninterrupted before training started", file=sys.stderr)
         return 130
@@ -264,20 +284,22 @@ def _train(args, device, dist_info, rank0: bool, progress: bool, command: str) -
                                           desc=f"epoch {epoch}/{args.epochs}", mix=mix, schedule=schedule,
                                           ema=ema, amp_dtype=amp_dtype, scaler=scaler)
             except NonFiniteLoss as err:  # nothing of this epoch is saved: the last good state stays
-                kept = f"; {run_dir / 'checkpoint.pt'} still holds epoch {epoch - 1}" if epoch > 1 else ""
-                raise UsageError(f"training diverged in epoch {epoch}: {err} (--lr {args.lr:g}): try a lower "
-                                 f"--lr or --schedule onecycle; no model was written{kept}") from None
+                raise diverged(args, run_dir, epoch, str(err)) from None
             train_loss, train_acc = distributed.reduce_epoch(trained.loss, trained.acc, trained.seen,
                                                              dist_info, device)
             row = dict(epoch=epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6))
             val_line = ""
             if val_loader:
                 checked = evaluate_on(state.eval_model, val_loader, desc="val")
+                if not math.isfinite(checked.loss):  # nan weights must not be saved or chosen as best
+                    raise diverged(args, run_dir, epoch, f"the validation loss became {checked.loss}")
                 schedule.epoch_end(checked.loss)
                 state.remember_if_best(epoch, checked.acc)
                 row.update(val_loss=round(checked.loss, 6), val_acc=round(checked.acc, 6))
                 val_line = f"val loss {checked.loss:.4f} acc {checked.acc:6.2%}  "
             final = evaluate_on(state.eval_model, test_loader)  # reported only: nothing is chosen on it
+            if not math.isfinite(final.loss):
+                raise diverged(args, run_dir, epoch, f"the test loss became {final.loss}")
             row.update(test_loss=round(final.loss, 6), test_acc=round(final.acc, 6), lr=schedule.lr,
                        seconds=round(time.perf_counter() - started, 2))
             state.history.append(row)
@@ -307,6 +329,27 @@ def _train(args, device, dist_info, rank0: bool, progress: bool, command: str) -
         write_outputs(args, run_dir, eval_model, preprocessing, class_names, history, chosen, final,
                       lineage=lineage, command=command)
     return 0
+
+
+def what_survives(args, command: str = "") -> str:
+    """After a write the OS refused (disk full, permissions): the epoch the training state on disk holds
+    and the exact command that continues from it (`command`: this run's, as train_resnet34.main
+    recorded it; else the process's own arguments), or that there is none yet."""
+    state = Path(args.out) / args.name / "checkpoint.pt"
+    try:
+        epoch = int(torch.load(state, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001 - absent, or itself unreadable: there is nothing to resume
+        if args.resume:
+            return f"{args.resume} is unchanged: run the same command again"
+        return "No training state was written yet: run the same command again"
+    argv, skip = [], False
+    for arg in shlex.split(command)[2:] if command else sys.argv[1:]:  # its own --resume replaced by the state
+        if skip or arg == "--resume" or arg.startswith("--resume="):
+            skip = arg == "--resume"
+            continue
+        argv.append(arg)
+    resume = shlex.join(["python", "train_resnet34.py", *argv, "--resume", str(state)])
+    return f"{state} holds epoch {epoch}: continue with `{resume}`"
 
 
 def write_outputs(args, run_dir: Path, model, preprocessing, class_names, history, chosen, final, *,

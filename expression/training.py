@@ -13,10 +13,13 @@ as an uninterrupted one (tests/test_recipe.py and tests/test_train.py check this
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import distributed
 from .engine import evaluate
+from .errors import InputError
 from .model import unwrap
 
 
@@ -52,7 +55,13 @@ class TrainingState:
                         "torch": torch.get_rng_state()}}
 
     def load_state_dict(self, state: dict) -> str | None:
-        """Restore a saved state; returns a note for the user when the resume cannot be exact."""
+        """Restore a saved state; returns a note for the user when the resume cannot be exact. The state
+        is checked against this run first (InputError of "resume"): torch would load moments of another
+        shape silently and fail, or compute nan, at the first step."""
+        problem = self.state_problem(state)
+        if problem:
+            raise InputError(f"the training state does not fit this run ({problem}): the file is damaged or from "
+                             f"another run; resume from another checkpoint or start a new run", option="resume")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("schedule"):  # states written before schedules existed ran at a constant rate
@@ -71,6 +80,57 @@ class TrainingState:
             return None
         return (f"resuming with {processes} process(es) instead of {len(augment_states)}: "
                 f"augmentation draws will differ from an uninterrupted run")
+
+
+    def state_problem(self, state: dict) -> str | None:
+        """What in a saved state does not fit this run's model, optimizer and weight average, or None."""
+        try:
+            return self._state_problem(state)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # a field missing or mistyped
+            return f"malformed field ({type(err).__name__}: {str(err)[:80]})"
+
+    def _state_problem(self, state: dict) -> str | None:
+        mine = self.model.state_dict()
+        weights = {"model": state["model"]}
+        if self.ema and state.get("ema"):
+            weights["ema"] = state["ema"]["model"]
+        if state.get("best"):
+            weights["best"] = state["best"]["model"]
+        for where, saved in weights.items():
+            problem = _tensors_problem(saved, mine, where)
+            if problem:
+                return problem
+        groups, saved = self.optimizer.param_groups, state["optimizer"]
+        if len(saved["param_groups"]) != len(groups) or \
+                [len(g["params"]) for g in saved["param_groups"]] != [len(g["params"]) for g in groups]:
+            return "the optimizer's parameter groups differ from this run's"
+        params = {i: p for saved_group, group in zip(saved["param_groups"], groups)
+                  for i, p in zip(saved_group["params"], group["params"])}
+        for index, moments in saved["state"].items():
+            if index not in params:
+                return f"the optimizer holds moments for parameter {index}, which this run does not have"
+            for name, value in moments.items():
+                if not torch.is_tensor(value) or value.dim() == 0:  # the step count
+                    if not math.isfinite(float(value)):
+                        return f"optimizer {name} of parameter {index} is {value}"
+                    continue
+                if value.shape != params[index].shape:
+                    return (f"optimizer {name} of parameter {index} has shape {tuple(value.shape)}, "
+                            f"the parameter {tuple(params[index].shape)}")
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    return f"optimizer {name} of parameter {index} holds inf or nan"
+        return None
+
+
+def _tensors_problem(saved: dict, mine: dict, where: str) -> str | None:
+    if set(saved) != set(mine):
+        return f"the {where} weights have other layers than this run's model"
+    for key, value in saved.items():
+        if tuple(value.shape) != tuple(mine[key].shape):
+            return f"{where} weight {key} has shape {tuple(value.shape)}, this run's {tuple(mine[key].shape)}"
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"{where} weight {key} holds inf or nan"
+    return None
 
 
 def evaluate_all(model, loader, device, dist_info, progress, amp_dtype=None, desc="test"):

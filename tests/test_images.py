@@ -82,3 +82,33 @@ def test_16_bit_files_train_like_their_8_bit_twins(tmp_path):
     assert eight.images.shape == sixteen.images.shape == (6, 1, 48, 48)
     assert (eight.images.int() - sixteen.images.int()).abs().max() <= 1
     assert sixteen.images.float().mean() < 200  # not clipped to near-white
+
+
+@pytest.mark.parametrize("kind", ["path", "pil", "uint8", "float 0..1", "float 0..255", "uint16", "int64", "rgba",
+                                  "gray (H, W)", "gray (H, W, 1)", "bool"])
+def test_the_api_takes_a_picture_in_any_form(tmp_path, kind):
+    from expression.images import rgb_uint8
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    gray = rgb[:, :, 0]
+    Image.fromarray(rgb).save(tmp_path / "p.png")
+    given, expected = {
+        "path": (tmp_path / "p.png", rgb), "pil": (Image.fromarray(rgb), rgb), "uint8": (rgb, rgb),
+        "float 0..1": (rgb / 255.0, rgb), "float 0..255": (rgb.astype(np.float32), rgb),
+        "uint16": (rgb.astype(np.uint16) * 257, rgb), "int64": (rgb.astype(np.int64), rgb),
+        "rgba": (np.dstack([rgb, np.zeros_like(gray)]), rgb),
+        "gray (H, W)": (gray, np.dstack([gray] * 3)), "gray (H, W, 1)": (gray[:, :, None], np.dstack([gray] * 3)),
+        "bool": (gray > 127, np.dstack([(gray > 127) * np.uint8(255)] * 3)),
+    }[kind]
+    got = rgb_uint8(given)
+    assert got.dtype == np.uint8 and got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("bad", [np.zeros(5), np.zeros((4, 4, 2)), np.array([["a"]]), np.zeros((0, 3))])
+def test_the_api_says_what_is_not_a_picture(bad):
+    from expression.images import rgb_uint8
+
+    with pytest.raises(ValueError, match="expected an image"):
+        rgb_uint8(bad)
