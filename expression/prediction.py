@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import choose_model, load_model
+from .checkpoint import choose_model, load_model, shipped_model, shipped_model_missing
 from .errors import InputError, reason
 from .data import Preprocessing, UnreadableImage, find_images, is_image_file, load_pil
 from .drawing import annotate
@@ -272,6 +272,12 @@ class FacePredictor:
     def from_checkpoint(cls, path=None, device="cpu", **options) -> "FacePredictor":
         """`path` None (or the shipped model's documented path, from anywhere): the shipped FER2013 model,
         found as expression.checkpoint.shipped_model says, also in an installed package."""
+        # None is the shipped model itself, not "the newest models/*.pt" the scripts take: a library call
+        # should not change its answer because a file appeared in the working directory.
+        if path is None:
+            path = shipped_model()
+            if path is None:
+                raise InputError(shipped_model_missing(), option="checkpoint")
         model, ckpt = load_model(choose_model(path, real_photos=True)[0], device)
         return cls(model, ckpt, device, **options)
 

@@ -21,7 +21,7 @@ from torch import nn
 from torchvision import models
 
 import import_seed_model
-from conftest import make_checkpoint
+
 from expression import checkpoint
 from expression.cli import run_main
 from expression.errors import InputError
