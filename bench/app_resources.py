@@ -13,13 +13,10 @@ named .png; and three bare uploads of --bare-mb MB each, never analysed.
 """
 from __future__ import annotations
 
-import io
 import os
-import struct
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,7 @@ from app_latency import cpu_name
 from expression.app_client import AppClient, serve
 from expression.checkpoint import choose_model
 from expression.cli import ArgumentParser, add_checkpoint_argument, positive_int, run_main
+from expression.synthetic import png_claiming
 from expression.webapp import default_workers
 
 
@@ -42,17 +40,6 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--bare-mb", type=positive_int, default=50, help="size of each never-analysed upload")
     parser.add_argument("--max-out-mb", type=positive_int, default=100, help="app.py --max-out-mb")
     return parser
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header says width x height: what a decompression bomb looks like to Image.open."""
-    buf = io.BytesIO()
-    Image.new("L", (1, 1)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
-    return bytes(data)
 
 
 def mixed_files(folder: Path, large_side: int) -> list[Path]:

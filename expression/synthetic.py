@@ -523,3 +523,20 @@ def main(args) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(get_args_parser().parse_args()))
+
+
+# Test inputs for the readers' size checks (tests/, bench/app_resources.py).
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header says width x height: what a decompression bomb looks like to Image.open."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
+    return bytes(data)

@@ -6,9 +6,7 @@ Only the tests that build the gradio page need gradio (requirements-app.txt); th
 from __future__ import annotations
 
 import json
-import struct
 import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import predict_FER
 from expression import prediction, webapp
 from expression.data import FER2013_CLASSES
 from expression.prediction import FacePredictor
+from expression.synthetic import png_claiming
 from expression.webapp import BadInput, WebApp, read_image
 from gradcam import attention_maps, explain
 
@@ -32,18 +31,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def files_under(root: Path) -> dict:
     return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header says width x height: what a decompression bomb looks like to Image.open."""
-    import io
-    buf = io.BytesIO()
-    Image.new("L", (1, 1)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
-    return bytes(data)
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,7 @@ import io
 import json
 import os
 import shutil
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from PIL import Image
 
 from expression.app_client import AppClient, serve
 from expression.checkpoint import SHIPPED_MODEL
+from expression.synthetic import png_claiming
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "img" / "app_astronaut.png"
@@ -96,17 +95,6 @@ def status(chrome) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # Over HTTP: gradio's upload and /call API, what gradio_client uses, one client per user
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header says width x height: what a decompression bomb looks like to Image.open."""
-    buf = io.BytesIO()
-    Image.new("L", (1, 1)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
-    return bytes(data)
 
 
 def astronaut_files(folder: Path) -> dict:
