@@ -48,7 +48,8 @@ DEFAULT_CAM_LAYER = "layer1"
 TRUSTED_MAPS = {48: (("hirescam", "layer1"), ("xgradcam", "layer1"), ("xgradcam", "layer2"),
                      ("gradcam", "layer2"), ("hirescam", "layer2"))}
 # How each face is classified: "flip" averages the softmax of the face and its mirror image. On the
-# shipped model and the 3,589 PublicTest faces it adds +0.7 points (61.4 -> 62.1 %, models/README.md)
+# shipped model and the 3,589 PublicTest faces it adds +0.4 points (63.4 -> 63.9 %; +0.7 for the first
+# cycle's model, docs/shipped-model.md)
 # for one more forward pass of a batch that is already in memory; "none" is the plain, single view.
 FACE_TTA = ("none", "flip")
 DEFAULT_FACE_TTA = "flip"
