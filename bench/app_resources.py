@@ -39,6 +39,9 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--large-side", type=positive_int, default=6000, help="px side of the large photo")
     parser.add_argument("--bare-mb", type=positive_int, default=50, help="size of each never-analysed upload")
     parser.add_argument("--max-out-mb", type=positive_int, default=100, help="app.py --max-out-mb")
+    parser.add_argument("--max-rss-growth-mib", type=positive_int, default=300,
+                        help="the stated bound: the server's RSS after the requests may exceed its start by this "
+                             "much (exit 1 if it does, or if --out ends over its cap)")
     return parser
 
 
@@ -104,7 +107,11 @@ def main(args) -> int:
     print(f"| server RSS MiB | {f['rss_start']:.0f} | {f['rss_after']:.0f} | {f['rss_peak']:.0f} |")
     print(f"| --out MiB | {f['disk_start']:.1f} | {f['disk_after']:.1f} | "
           f"{f['disk_after_bare_uploads']:.1f} after 3 bare uploads of {args.bare_mb} MB |")
-    return 0
+    growth = f["rss_after"] - f["rss_start"]
+    within = growth <= args.max_rss_growth_mib and f["disk_after"] <= args.max_out_mb
+    print(f"RSS growth {growth:.0f} MiB (bound {args.max_rss_growth_mib}), --out {f['disk_after']:.1f} MiB "
+          f"(cap {args.max_out_mb}): {'within' if within else 'OVER'} the stated bounds")
+    return 0 if within else 1
 
 
 if __name__ == "__main__":
