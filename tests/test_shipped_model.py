@@ -64,3 +64,23 @@ def test_photo_commands_work_out_of_the_box(tmp_path, monkeypatch, capsys):
     assert run_main(gradcam_FER.main, gradcam_FER.get_args_parser().parse_args(argv)) == 0
     assert (tmp_path / "runs" / "explain" / SHIPPED.stem / "gradcam_grid.png").is_file()
     assert "the shipped FER2013 model" in capsys.readouterr().err
+
+
+def test_docs_state_the_manifests_accuracy_sha256_and_lineage():
+    """The README headline, models/README.md and the lineage say what the manifest measured."""
+    from pathlib import Path
+
+    manifest = json.loads(MANIFEST.read_text())
+    root = Path(__file__).resolve().parents[1]
+    readme, models_readme = (root / "README.md").read_text(), (root / "models" / "README.md").read_text()
+    plain, flip = (f"**{100 * manifest[k]:.1f} %**" for k in ("public_test_accuracy", "public_test_accuracy_flip_tta"))
+    assert plain in readme and flip in readme, (plain, flip)
+    assert manifest["sha256"] in models_readme
+    for entry in manifest["lineage"]:
+        assert entry["sha256"] in models_readme and entry["command"], entry
+    # the cycles add up: each cycle's curve, the epoch kept, and the epochs behind the weights
+    cycles = manifest["cycles"]
+    assert [c["cycle"] for c in cycles] == list(range(1, len(cycles) + 1))
+    assert manifest["total_epochs"] == sum(c["epoch_saved"] for c in cycles)
+    assert cycles[-1]["public_test_accuracy"] == manifest["public_test_accuracy"]
+    assert all(len(c["curve"]) == c["epochs"] for c in cycles)
