@@ -84,3 +84,21 @@ def test_docs_state_the_manifests_accuracy_sha256_and_lineage():
     assert manifest["total_epochs"] == sum(c["epoch_saved"] for c in cycles)
     assert cycles[-1]["public_test_accuracy"] == manifest["public_test_accuracy"]
     assert all(len(c["curve"]) == c["epochs"] for c in cycles)
+
+
+def test_the_default_map_is_trusted_in_the_shipped_models_committed_report():
+    """One source of truth: the default explanation is one the report on the shipped model trusts."""
+    import csv
+    from pathlib import Path
+
+    from expression.prediction import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, TRUSTED_MAPS
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "shipped_fer2013_publictest"
+    about = json.loads((folder / "model.json").read_text())
+    assert about["sha256"] == json.loads(MANIFEST.read_text())["sha256"], "re-run the report on the shipped model"
+    with open(folder / "explanations_report.csv", newline="") as f:
+        rows = {(r["method"], r["layer"]): r for r in csv.DictReader(f)}
+    default = rows[(DEFAULT_CAM_METHOD, DEFAULT_CAM_LAYER)]
+    assert default["trusted"] == "yes"
+    assert float(default["deletion_auc"]) < float(rows[("centre", "")]["deletion_auc"])
+    assert (DEFAULT_CAM_METHOD, DEFAULT_CAM_LAYER) in TRUSTED_MAPS[48]
