@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from expression.checkpoint import open_model
-from expression.cli import ArgumentParser, add_checkpoint_argument, UsageError, positive_int, resolve_device, run_main
+from expression.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, positive_int,
+                            resolve_device, run_main, UsageError)
 from expression.io import ensure_writable_dir
 from expression.prediction import DEFAULT_FACE_TTA, FACE_TTA
 from expression.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers
@@ -53,8 +54,7 @@ def get_args_parser() -> ArgumentParser:
                              "(changing the explanation of an upload works until then)")
     parser.add_argument("--max-out-mb", type=positive_int, default=DEFAULT_MAX_OUT_MB,
                         help="and the oldest of them sooner while they add up to more than this")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="where the model runs (auto: cuda, then mps, else cpu)")
+    add_device_argument(parser)
     parser.add_argument("--tta", default=DEFAULT_FACE_TTA, choices=FACE_TTA,
                         help="flip: average each face's probabilities with its mirror image's; none: plain face")
     return parser

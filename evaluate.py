@@ -21,8 +21,8 @@ import torch
 
 from expression import report
 from expression.checkpoint import open_model_quietly
-from expression.cli import (ArgumentParser, UsageError, add_checkpoint_argument, non_negative_int, positive_int,
-                            resolve_device, run_main, use_progress_bars)
+from expression.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, non_negative_int,
+                            positive_int, resolve_device, run_main, UsageError, use_progress_bars)
 from expression.data import InMemoryLoader, Preprocessing, class_folders, decode_split, is_image_file
 from expression.engine import evaluate
 from expression.io import ensure_writable_dir, write_json
@@ -41,8 +41,7 @@ def get_args_parser() -> ArgumentParser:
                         help="faces per forward pass (tencrop sends 10x as many views)")
     parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="threads that decode the split once (0: main thread)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                        help="auto: cuda, then mps, else cpu")
+    add_device_argument(parser)
     parser.add_argument("--out", default=None,
                         help="output folder (default: runs/eval/<checkpoint stem>_<split folder name>/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines on stderr")

@@ -39,8 +39,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from expression.checkpoint import open_model_quietly
-from expression.cli import (ArgumentParser, UsageError, name_list, positive_float, positive_int, resolve_device,
-                            run_main, use_progress_bars)
+from expression.cli import (add_device_argument, ArgumentParser, name_list, positive_float, positive_int,
+                            resolve_device, run_main, UsageError, use_progress_bars)
 from expression.data import Preprocessing
 from expression.explain_figures import add_input_args, check_layers, select_images
 from expression.explanation_report import load_masks, write_report
@@ -110,7 +110,7 @@ def get_args_parser() -> ArgumentParser:
                                                              "the re-initialised weights")
     parser.add_argument("--out", default=None,
                         help="output folder (default: runs/explain_eval/<checkpoint name>/)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table; paths only")
     return parser
 

@@ -34,8 +34,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from expression.checkpoint import open_model
-from expression.cli import (ArgumentParser, UsageError, add_checkpoint_argument, non_negative_int, number_in,
-                            positive_int, resolve_device, run_main, use_progress_bars)
+from expression.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, non_negative_int,
+                            number_in, positive_int, resolve_device, run_main, UsageError, use_progress_bars)
 from expression.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
                               DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector)
 from expression.io import WriteError, ensure_writable_dir, write_json
@@ -85,8 +85,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--format", default="jsonl", choices=("jsonl", "csv"), help="records file format")
     parser.add_argument("--no-annotate", action="store_true",
                         help="write the records only, no annotated images or videos")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="where the model runs (auto: cuda, then mps, else cpu)")
+    add_device_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-file notes")
     return parser
 

@@ -20,8 +20,8 @@ import argparse
 import sys
 
 from expression import recipe, trainer
-from expression.cli import (ArgumentParser, command_line, fraction, non_negative_float, non_negative_int, positive_float,
-                            positive_int, run_main)
+from expression.cli import (add_device_argument, ArgumentParser, command_line, fraction, non_negative_float,
+                            non_negative_int, positive_float, positive_int, run_main)
 from expression.recipe import preset_help
 from expression.trainer import DEMO_EPOCHS, DEMO_LR, DEMO_ROOT
 
@@ -63,8 +63,7 @@ def get_args_parser() -> ArgumentParser:
                             "optimizer and schedule: a warm restart; its classes, --img-size and --norm must "
                             "match, and the new model records it in its lineage")
     train.add_argument("--seed", type=int, default=0, help="seeds init, order, validation split and augmentation")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                       help="auto: cuda, then mps, else cpu")
+    add_device_argument(train)
     opt = parser.add_argument_group("optimisation (default: from --recipe)")
     opt.add_argument("--optimizer", choices=recipe.OPTIMIZERS, help=preset_help("optimizer", "optimizer"))
     opt.add_argument("--momentum", type=non_negative_float, help=preset_help("momentum", "SGD momentum"))

@@ -34,7 +34,8 @@ import torch
 from PIL import Image
 
 from expression.checkpoint import open_model
-from expression.cli import ArgumentParser, add_checkpoint_argument, positive_int, resolve_device, run_main
+from expression.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, positive_int,
+                            resolve_device, run_main)
 from expression.webapp import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, WebApp, default_workers
 
 
@@ -44,7 +45,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--repeats", type=positive_int, default=30, help="timed calls per configuration")
     parser.add_argument("--warmup", type=positive_int, default=2, help="untimed calls per configuration first")
     parser.add_argument("--size", type=positive_int, default=512, help="photo side in px (the astronaut resized)")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="where the model runs")
+    add_device_argument(parser, default="cpu")
     parser.add_argument("--clients", type=int, default=0,
                         help="0: the handler in this process; N: N clients at once against app.py served")
     parser.add_argument("--workers", default=f"1,{default_workers()}",

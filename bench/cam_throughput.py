@@ -30,6 +30,7 @@ import torch
 import torchvision
 
 
+from expression.cli import add_device_argument, resolve_device
 from gradcam import explain
 from gradcam.base import to_input_size
 from gradcam.methods import make_method
@@ -43,7 +44,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--n", type=int, default=512, help="images explained by (a) and (b)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of (a) and (b)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--skip-seed-loop", action="store_true", help="do not time (c)")
     parser.add_argument("--seed-n", type=int, default=64, help="images timed for the seed loop (c)")
@@ -161,10 +162,7 @@ def max_diff(a, b):
 def main(args):
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = torchvision.models.resnet34(weights=None, num_classes=7).eval().to(device)
     # FER2013 faces are gray: one channel repeated, as the project's preprocessing does

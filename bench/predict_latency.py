@@ -38,7 +38,8 @@ from PIL import Image
 import predict_FER
 from expression import drawing, prediction, prediction_outputs
 from expression.checkpoint import load_model, model_record, save
-from expression.cli import ArgumentParser, non_negative_int, positive_int, resolve_device, run_main
+from expression.cli import (add_device_argument, ArgumentParser, non_negative_int, positive_int, resolve_device,
+                            run_main)
 from expression.data import FER2013_CLASSES, Preprocessing
 from expression.faces import (CASCADES, DEFAULT_MARGIN, DEFAULT_MIN_NEIGHBORS, FaceDetector,
                               crop_faces, image_to_rgb)
@@ -78,8 +79,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--cam", default="gradcam", choices=prediction.CAMS[1:], help="method for the --cam rows")
     parser.add_argument("--lfw-sizes", type=size_list, default="28,40,64,96",
                         help="face sizes (px) for the LFW detection rate")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"),
-                        help="where the model runs")
+    add_device_argument(parser, default="cpu")
     parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="torch and OpenCV threads; 0 = their defaults")
     return parser

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from expression.cli import ArgumentParser, positive_int, resolve_device, run_main
+from expression.cli import add_device_argument, ArgumentParser, positive_int, resolve_device, run_main
 from expression.data import SEED_MEAN, SEED_STD, InMemoryLoader, check_splits, decode_split
 from expression.model import build_model
 
@@ -34,7 +34,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--data-batches", type=positive_int, default=100, help="timed batches, data path alone")
     parser.add_argument("--rounds", type=positive_int, default=2,
                         help="alternate (a) and (b) this many times, so drift hits both")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add_device_argument(parser)
     return parser
 
 

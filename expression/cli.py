@@ -124,6 +124,15 @@ def flag_message(err: InputError) -> str:
     return str(err)
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def add_device_argument(parser, default: str = "auto") -> None:
+    """--device, the same in every script (benches default to cpu, where their figures are comparable)."""
+    parser.add_argument("--device", default=default, choices=DEVICES,
+                        help="where the model runs (auto: cuda, then mps, else cpu)")
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` picks cuda, then mps, else cpu; an explicit device that is absent is a UsageError."""
     mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()

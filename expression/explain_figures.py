@@ -27,8 +27,8 @@ from gradcam.base import resolve_layers
 from gradcam.overlay import overlay
 
 from .checkpoint import open_model_quietly
-from .cli import (UsageError, add_checkpoint_argument, name_list, non_negative_int, positive_int, resolve_device,
-                  unit_float, use_progress_bars)
+from .cli import (add_checkpoint_argument, add_device_argument, name_list, non_negative_int, positive_int,
+                  resolve_device, unit_float, UsageError, use_progress_bars)
 from .data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
 from .io import atomic_path, ensure_writable_dir
 
@@ -80,8 +80,7 @@ def add_common_args(parser, *, grid_name: str, target: bool = True):
                         help="images per grid PNG; more images go to numbered files")
     parser.add_argument("--colormap", default="jet", help="colormap of the heat overlay")
     parser.add_argument("--alpha", type=unit_float, default=0.5, help="opacity of the heat overlay")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="auto: cuda, then mps, else cpu")
+    add_device_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary line, only the paths written")
     return parser
 

@@ -55,3 +55,13 @@ def test_core_modules_never_import_the_command_line_layer():
     assert not any(offenders.values()), offenders
     # the check itself sees imports: the application modules do import the command-line layer
     assert "cli" in expression_imports(ROOT / "expression" / "trainer.py")
+
+
+def test_device_is_declared_once():
+    """Every script's --device comes from cli.add_device_argument: one list of devices, one help text."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    declared = [path.relative_to(root).as_posix() for folder in (root, root / "expression", root / "bench")
+                for path in folder.glob("*.py") if 'add_argument("--device"' in path.read_text()]
+    assert declared == ["expression/cli.py"]
