@@ -210,17 +210,21 @@ def _expected_shapes(arch: str, num_classes: int) -> dict:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def model_from_record(record: dict, path="checkpoint", device="cpu"):
-    """Rebuild the network with strict key matching; eval mode, on `device`."""
-    model = build_model(record["arch"], len(record["class_names"]), weights="none")
-    # The shipped model stores float16 weights (half the size in git); compute stays float32.
+def load_weights(model, record: dict, path="checkpoint", option: str = "checkpoint") -> None:
+    """Put a record's weights into `model` with strict key matching, as float32 (the shipped model stores
+    float16 weights, half the size in git; compute stays float32). `option` names the caller's parameter."""
     state = {k: v.float() if v.is_floating_point() else v for k, v in record["model"].items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise InputError(f"{path}: weights do not fit a {record['arch']} with {len(record['class_names'])} classes "
-                         f"({reason(err)}): the file is damaged or from another model",
-                         option="checkpoint") from None
+                         f"({reason(err)}): the file is damaged or from another model", option=option) from None
+
+
+def model_from_record(record: dict, path="checkpoint", device="cpu"):
+    """Rebuild the network with strict key matching; eval mode, on `device`."""
+    model = build_model(record["arch"], len(record["class_names"]), weights="none")
+    load_weights(model, record, path)
     return model.to(device).eval()
 
 
@@ -274,8 +278,10 @@ def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
     and nobody should get them without asking for that file by name."""
     if arg:
         named = Path(arg)
-        if not named.is_file() and named.name == SHIPPED_MODEL.name and shipped_model():
-            return shipped_model(), "the shipped FER2013 model"  # its documented path, outside the clone
+        if not named.is_file() and named.name == SHIPPED_MODEL.name:
+            found = shipped_model()
+            if found:
+                return found, "the shipped FER2013 model"  # its documented path, outside the clone
         return named, "--checkpoint"
     passed_over = []
     for path in reversed(_models_by_age(models_dir)):
@@ -284,8 +290,9 @@ def choose_model(arg=None, models_dir="models", *, real_photos: bool = False,
             continue
         return path, f"the newest model in {models_dir}/"
     skipped = f"; passed over {', '.join(passed_over)} (drawn demo faces)" if passed_over else ""
-    if shipped and shipped_model():
-        return shipped_model(), f"the shipped FER2013 model{skipped}"
+    found = shipped_model() if shipped else None
+    if found:
+        return found, f"the shipped FER2013 model{skipped}"
     if passed_over:
         raise InputError(f"only demo-face models in {models_dir}/ ({', '.join(passed_over)}), which cannot read "
                          f"real faces: train on FER2013, or name {models_dir}/{passed_over[0]} as the checkpoint "

@@ -63,11 +63,11 @@ def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace, prog
     same however the script was called (a shell, a test, another script)."""
     words = ["python", program]
     for action in parser._actions:  # argparse keeps no public list of its actions
-        if not action.option_strings or action.dest == "help":
-            if not action.option_strings and action.dest != "help":  # a positional argument
-                value = getattr(args, action.dest, None)
-                words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])
-                          if v is not None]
+        if action.dest == "help":
+            continue
+        if not action.option_strings:  # a positional argument
+            value = getattr(args, action.dest, None)
+            words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
             continue
         value = getattr(args, action.dest, action.default)
         if value == action.default:

@@ -86,20 +86,15 @@ def load_whole_resnet34(path) -> nn.Module:
             name = _refused_global(message)
             raise SeedModelError(f"{path} refers to {name}, which is not part of a torchvision ResNet34: "
                                  f"refused without running it") from None
-        raise SeedModelError(f"{path} is not a PyTorch file ({_first_line(err)[:80]})") from None
+        raise SeedModelError(f"{path} is not a PyTorch file ({reason(err, 80)})") from None
     except Exception as err:  # truncated or foreign bytes: torch raises many types
-        raise SeedModelError(f"cannot read {path} ({_first_line(err)[:100]})") from None
+        raise SeedModelError(f"cannot read {path} ({reason(err)})") from None
     if isinstance(obj, (nn.DataParallel, _ParallelShell)) and isinstance(obj._modules.get("module"), resnet.ResNet):
         obj = obj._modules["module"]  # saved through nn.DataParallel: the network is inside
     if not isinstance(obj, resnet.ResNet):
         raise SeedModelError(f"{path} holds a {type(obj).__name__}, not a whole torchvision ResNet "
                              f"saved with torch.save(model)")
     return obj
-
-
-def _first_line(err: Exception) -> str:
-    """An exception's first line, or its type when the message is empty (a 0-byte file's EOFError)."""
-    return reason(err, 200)
 
 
 # nn.DataParallel(model) pickles as the wrapper around the network: allowed by name as an inert

@@ -28,7 +28,7 @@ from torch import nn
 from . import checkpoint, distributed, recipe, report
 from .augment import mix_batch
 from .cli import UsageError, resolve_device, use_progress_bars
-from .errors import InputError, reason
+from .errors import InputError
 from .data import Augmentation, InMemoryLoader, Preprocessing, check_splits, decode_split, stratified_split
 from .engine import NonFiniteLoss, train_one_epoch
 from .io import WriteError, ensure_writable_dir, write_json
@@ -76,7 +76,7 @@ def resolve_paths(args) -> None:
         raise UsageError("--schedule plateau watches the validation loss: add --val-split (e.g. 0.1) or --val-dir")
     if args.nesterov and args.optimizer != "sgd":
         raise UsageError(f"--nesterov applies to --optimizer sgd, not {args.optimizer}")
-    if args.batch_size == 1 and math.ceil(args.img_size / 32) == 1:
+    if args.batch_size == 1 and args.img_size <= 32:
         # a ResNet halves the input five times: up to 32 px layer4 is 1x1, and BatchNorm cannot train on
         # one value per channel
         raise UsageError(f"--batch-size 1 with --img-size {args.img_size} leaves BatchNorm one value per channel "
@@ -141,16 +141,6 @@ def load_init(args, class_names, preprocessing) -> tuple[dict, list[dict]]:
     return record, checkpoint.lineage_of(args.init, record)
 
 
-def start_from(model, record: dict, path) -> None:
-    """Put an --init record's weights (float16 or float32) into the freshly built model."""
-    state = {k: v.float() if v.is_floating_point() else v for k, v in record["model"].items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise UsageError(f"--init {path}: weights do not fit a {ARCH} with {len(record['class_names'])} classes "
-                         f"({reason(err)}): the file is damaged") from None
-
-
 def diverged(args, run_dir: Path, epoch: int, why: str) -> UsageError:
     """The one line a run that computed inf or nan ends with; nothing of the epoch is saved."""
     kept = f"; {run_dir / 'checkpoint.pt'} still holds epoch {epoch - 1}" if epoch > 1 else ""
@@ -209,7 +199,7 @@ def _train(args, device, dist_info, rank0: bool, progress: bool, command: str) -
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     model = build_model(ARCH, len(class_names), weights=args.weights)
     if init:
-        start_from(model, init, args.init)
+        checkpoint.load_weights(model, init, args.init, option="init")
         if rank0:
             print(f"starting from {args.init} ({lineage[-1]['total_epochs']} epochs behind its weights, "
                   f"sha256 {lineage[-1]['sha256'][:12]}): a fresh optimizer and schedule")
