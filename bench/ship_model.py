@@ -27,14 +27,11 @@ from expression.io import write_json
 MANIFEST = checkpoint.SHIPPED_MODEL.with_suffix(".json")
 
 
-def lineage_with_commands(lineage: list, manifest_path: Path) -> list:
+def lineage_with_commands(lineage: list, manifest: dict) -> list:
     """The record's lineage, each cycle with its command: models shipped before records kept their
     command have it only in the manifest they shipped with (matched by sha256)."""
-    known = {}
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        known = {old.get("sha256"): old.get("command")}
-        known.update({entry.get("sha256"): entry.get("command") for entry in old.get("lineage") or []})
+    known = {manifest.get("sha256"): manifest.get("command")}
+    known.update({entry.get("sha256"): entry.get("command") for entry in manifest.get("lineage") or []})
     return [{**entry, "command": entry.get("command") or known.get(entry["sha256"]) or ""} for entry in lineage]
 
 
@@ -61,7 +58,7 @@ def main(args) -> int:
     if not Path(metrics_csv).is_file():
         raise UsageError(f"no per-epoch metrics at {metrics_csv}: pass --metrics runs/NAME/metrics.csv")
     old = json.loads(args.manifest.read_text()) if args.manifest.is_file() else {}
-    lineage = lineage_with_commands(record.get("lineage") or [], args.manifest)  # before it is replaced
+    lineage = lineage_with_commands(record.get("lineage") or [], old)  # the manifest before it is replaced
     # The candidate is scored as the float16 file users would load, beside the shipped one, and moved
     # onto it (os.replace, atomic) only when it is measurably better: every version stays in git history.
     candidate = checkpoint.save(half_record(record), args.out.with_name(args.out.stem + ".candidate.pt"))

@@ -5,7 +5,7 @@ becomes near-white; here they are scaled to 0..255 instead. Also: EXIF rotation 
 are stored sideways), transparency dropped (as ImageFolder does) or composited on white, palette, CMYK, YCbCr, LAB and HSV converted,
 and a multi-frame file (GIF, TIFF stack) read as its first frame.
 
-Only PIL and numpy, so the standalone ONNX script can carry an identical copy (tests compare them).
+Only PIL and numpy, so the standalone ONNX script can carry a copy that behaves identically (tests compare them).
 """
 from __future__ import annotations
 
@@ -51,14 +51,24 @@ def scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     if mode.startswith("I;16"):
         low, high = 0.0, 65535.0
     else:
-        finite = values[np.isfinite(values)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        low, high = own_range(values)
         if mode == "I" and low >= 0 and high <= 255:  # an 8-bit image stored as 32-bit ints
             low, high = 0.0, 255.0
         elif mode == "I" and low >= 0 and high <= 65535:  # 16-bit PNGs open as "I" in recent Pillow
             low, high = 0.0, 65535.0
         elif mode == "F" and low >= 0 and high <= 1:
             low, high = 0.0, 1.0
+    return span_to_uint8(values, low, high)
+
+
+def own_range(values: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite values; (0, 1) when there are none."""
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+
+
+def span_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """float64 values with low..high mapped to 0..255, rounded; nan counts as low, infinities clip."""
     values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
     scaled = (values - low) / max(high - low, 1e-12) * 255.0
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
@@ -93,14 +103,12 @@ def rgb_uint8(image) -> np.ndarray:
         pixels = scale_to_uint8(array, "I;16")
     else:
         values = array.astype(np.float64)
-        finite = values[np.isfinite(values)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        low, high = own_range(values)
         if array.dtype.kind == "f" and low >= 0 and high <= 1:
             low, high = 0.0, 1.0
         elif low >= 0 and high <= 255:
             low, high = 0.0, 255.0
-        values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
-        pixels = np.clip((values - low) / max(high - low, 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        pixels = span_to_uint8(values, low, high)
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
     return np.ascontiguousarray(pixels)

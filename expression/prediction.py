@@ -178,18 +178,14 @@ class Classifier:
             if self.cam == "none":
                 with torch.inference_mode():
                     probs.append(tta_probs(self.model, x, self.tta).cpu())
-            elif self.tta == "none":
-                # one forward + backward gives both the prediction and its explanation
-                res = explain(self.model, x, layers=self._layers, methods=(self.cam,),
-                              fuse=self.cam_layer == FUSED)
-                probs.append(res.probs.float().cpu())
-                heats.append(res.maps[self._key].numpy())
             else:
-                with torch.inference_mode():
-                    averaged = tta_probs(self.model, x, self.tta)
+                averaged = None  # plain: one forward + backward gives both the prediction and its explanation
+                if self.tta != "none":  # the map explains the class the averaged views pick
+                    with torch.inference_mode():
+                        averaged = tta_probs(self.model, x, self.tta)
                 res = explain(self.model, x, layers=self._layers, methods=(self.cam,),
-                              targets=averaged.argmax(1), fuse=self.cam_layer == FUSED)
-                probs.append(averaged.cpu())
+                              targets=None if averaged is None else averaged.argmax(1), fuse=self.cam_layer == FUSED)
+                probs.append((res.probs.float() if averaged is None else averaged).cpu())
                 heats.append(res.maps[self._key].numpy())
         if not probs:
             return np.zeros((0, len(self.class_names))), None
