@@ -27,7 +27,7 @@ from expression.cli import (add_checkpoint_argument, add_device_argument, Argume
                             resolve_device, run_main, UsageError)
 from expression.io import ensure_writable_dir
 from expression.prediction import DEFAULT_FACE_TTA, FACE_TTA
-from expression.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers
+from expression.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers, usable_cores
 
 MAX_UPLOAD_MB = 100  # the upload itself; the pixel count is checked separately (--max-pixels)
 
@@ -74,7 +74,7 @@ def main(args) -> int:
     import torch
     device = resolve_device(args.device)
     # workers x threads = cores: more intra-op threads than cores only spin
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
+    torch.set_num_threads(max(1, usable_cores() // args.workers))
     model, ckpt, _ = open_model(args.checkpoint, device, real_photos=True)
     app = WebApp(model, ckpt, device, out_dir, max_pixels=args.max_pixels, tta=args.tta, workers=args.workers,
                  max_out_mb=args.max_out_mb, keep_seconds=60 * args.keep_minutes,

@@ -36,8 +36,8 @@ from .data import UnreadableImage, load_pil
 from .drawing import MIN_CANVAS, PALETTE
 from .faces import FaceDetector, image_to_rgb
 from .io import atomic_path
-from .prediction import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, FUSED_LAYERS, NO_FACE, Classifier, \
-    FacePredictor, records
+from .prediction import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, FUSED_LAYERS, NO_FACE, \
+    SHIPPED_TRUSTED_MAPS, Classifier, FacePredictor, records
 from .prediction_outputs import ImageSink, RecordWriter
 from gradcam.methods import FUSED
 
@@ -52,9 +52,6 @@ DEFAULT_MAX_OUT_MB = 500  # the oldest of those go first when they add up to mor
 TILE = 144  # px side of each tile in a face panel
 BARS_WIDTH = 250
 WAITING = "Upload a photo, take a webcam snapshot or pick an example."
-# The maps the explanation report trusts on the shipped model (README, "Which map to trust at 48 px":
-# beats the random and centre-blob baselines on deletion and passes the randomisation check).
-TRUSTED_MAPS = {("hirescam", "layer1")}
 MAP_NOTE = ("**What the maps show.** The explanation colours the pixels of the face crop by how much they "
             "raised the score of the class shown (red: most, blue: least; the scale is under each map). The "
             "attention map shows where the features of that layer are strongest, whatever the class. "
@@ -63,13 +60,17 @@ MAP_NOTE = ("**What the maps show.** The explanation colours the pixels of the f
             "weights are randomised); the others are for comparison.")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """Requests served at once: one per core this process may use, at most 8 (each keeps a model copy)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+    return max(1, min(usable_cores(), 8))
 
 
 def _libc():
@@ -396,16 +397,16 @@ class WebApp:
     def classifier(self, method: str, layer: str, engine: Engine | None = None) -> Classifier:
         """The Classifier for this explanation on `engine`'s model (the first model when None)."""
         self.check_choice(method, layer)
-        model = engine.model if engine is not None else self.model
-        cache = engine.classifiers if engine is not None else self.__dict__.setdefault("_classifiers", {})
+        engine = engine or self.pool[0]
         key = (method, layer if method != "none" else None)
-        if key not in cache:
+        if key not in engine.classifiers:
             try:
-                cache[key] = Classifier(model, self.ckpt, self.device, method, layer,
-                                        self.predictor.classifier.batch_size, self.predictor.classifier.tta)
+                engine.classifiers[key] = Classifier(engine.model, self.ckpt, self.device, method, layer,
+                                                     self.predictor.classifier.batch_size,
+                                                     self.predictor.classifier.tta)
             except ValueError as err:
                 raise BadInput(f"{method} at {layer}: {err}") from None
-        return cache[key]
+        return engine.classifiers[key]
 
     def attention_layer(self, layer: str) -> str:
         """The stage whose attention map is shown: the explained one, or the finest for a fused map."""
@@ -469,7 +470,7 @@ class WebApp:
             best = int(np.argmax(probs))
             caption = f"face {i + 1}: {self.class_names[best]} {probs[best]:.0%}, box {list(map(int, item.boxes[i]))}"
             panels.append((face_panel(crop, probs, self.class_names, heat, att, titles,
-                                      trusted=(method, layer) in TRUSTED_MAPS), caption))
+                                      trusted=(method, layer) in SHIPPED_TRUSTED_MAPS), caption))
         return panels
 
     def _summary(self, item, face_records, shape, method, layer, seconds, animated=False) -> str:
@@ -513,12 +514,10 @@ class WebApp:
                         entries.append((newest, sum(s.st_size for s in stats), path))
                     except OSError:  # deleted meanwhile by gradio's own cache cleaner
                         continue
-            entries.sort(key=lambda e: e[0])
-            entries = [e for e in entries if e[2] not in self.protected]
+            entries = sorted((e for e in entries if e[2] not in self.protected), key=lambda e: e[0])
             total = sum(size for _, size, _ in entries)
             for mtime, size, path in entries:
-                if path == keep or path in self.protected or \
-                        (mtime >= now - self.keep_seconds and total <= self.max_out_bytes):
+                if path == keep or (mtime >= now - self.keep_seconds and total <= self.max_out_bytes):
                     continue
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                 total -= size

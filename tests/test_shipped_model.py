@@ -91,7 +91,7 @@ def test_the_default_map_is_trusted_in_the_shipped_models_committed_report():
     import csv
     from pathlib import Path
 
-    from expression.prediction import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, TRUSTED_MAPS
+    from expression.prediction import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, SHIPPED_TRUSTED_MAPS, TRUSTED_MAPS
 
     folder = Path(__file__).resolve().parents[1] / "results" / "shipped_fer2013_publictest"
     about = json.loads((folder / "model.json").read_text())
@@ -102,3 +102,6 @@ def test_the_default_map_is_trusted_in_the_shipped_models_committed_report():
     assert default["trusted"] == "yes"
     assert float(default["deletion_auc"]) < float(rows[("centre", "")]["deletion_auc"])
     assert (DEFAULT_CAM_METHOD, DEFAULT_CAM_LAYER) in TRUSTED_MAPS[48]
+    # the maps the app ticks are exactly those this report trusts
+    trusted = {key for key, row in rows.items() if row["trusted"] == "yes"}
+    assert trusted == set(SHIPPED_TRUSTED_MAPS)
