@@ -11,7 +11,7 @@ Offline by design: no analytics, system fonts instead of Google Fonts, no public
 under random names, and is deleted 10 minutes after it was written (--keep-minutes; sooner, oldest
 first, beyond --max-out-mb). Only the examples and gradio's own cache of this session's files are served. Serving it
 to other people: docs/serving.md (a reverse proxy with authentication in front; --root-path).
-The page's logic is expression/webapp.py; the prediction pipeline is predict_FER.py's
+The page's logic is expression/apps/webapp.py; the prediction pipeline is predict_FER.py's
 (expression/prediction.py).
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ import threading
 import time
 from pathlib import Path
 
-from expression.checkpoint import open_model
-from expression.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, positive_int,
+from expression.core.checkpoint import open_model
+from expression.apps.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, positive_int,
                             resolve_device, run_main, UsageError)
-from expression.io import ensure_writable_dir
-from expression.prediction import DEFAULT_FACE_TTA, FACE_TTA
-from expression.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers, usable_cores
+from expression.core.io import ensure_writable_dir
+from expression.inference.classifier import DEFAULT_FACE_TTA, FACE_TTA
+from expression.apps.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers, usable_cores
 
 MAX_UPLOAD_MB = 100  # the upload itself; the pixel count is checked separately (--max-pixels)
 
@@ -69,7 +69,7 @@ def main(args) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise UsageError("the app needs gradio: pip install -r requirements-app.txt") from None
-    from expression.webapp import WebApp, build_interface
+    from expression.apps.webapp import WebApp, build_interface
 
     import torch
     device = resolve_device(args.device)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import sys
 
-from expression.cli import ArgumentParser, number_in, run_main
+from expression.apps.cli import ArgumentParser, number_in, run_main
 from gradcam import attention_maps
-from expression.explain_figures import Batch, add_common_args, draw_grids, prepare, print_paths, run_batches, \
+from expression.reports.explain_figures import Batch, add_common_args, draw_grids, prepare, print_paths, run_batches, \
     save_maps, summary
 
 GRID = "attention_grid"

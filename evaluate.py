@@ -4,7 +4,7 @@
     python evaluate.py --checkpoint models/resnet34_demo.pt --split data/demo/test --tta all --out runs/eval/demo
 
 For each --tta mode (none: the face as trained; flip: the face and its mirror; tencrop: corners and
-centre of the face upscaled by expression.tta.TENCROP_SCALE and their mirrors; softmax averaged over
+centre of the face upscaled by expression.core.tta.TENCROP_SCALE and their mirrors; softmax averaged over
 views) writes the training reports to OUT/<mode>/ (confusion_matrix.png/.csv,
 classification_report.txt/.json, metrics.json), all modes to OUT/summary.json, and prints one JSON
 line per mode on stdout: {"checkpoint", "split", "tta", "images", "accuracy", "loss", "seconds"}.
@@ -19,14 +19,16 @@ from pathlib import Path
 
 import torch
 
-from expression import report
-from expression.checkpoint import open_model_quietly
-from expression.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, non_negative_int,
+from expression.core import report
+from expression.core.checkpoint import open_model_quietly
+from expression.apps.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, non_negative_int,
                             positive_int, resolve_device, run_main, UsageError, use_progress_bars)
-from expression.data import InMemoryLoader, Preprocessing, class_folders, decode_split, is_image_file
-from expression.engine import evaluate
-from expression.io import ensure_writable_dir, write_json
-from expression.tta import TTA_MODES, views_per_image
+from expression.training.loader import InMemoryLoader
+from expression.core.preprocessing import Preprocessing, is_image_file
+from expression.core.datasets import class_folders, decode_split
+from expression.training.engine import evaluate
+from expression.core.io import ensure_writable_dir, write_json
+from expression.core.tta import TTA_MODES, views_per_image
 
 DEFAULT_SPLIT = "data/fer2013/test"
 

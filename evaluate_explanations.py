@@ -8,7 +8,7 @@ a centred Gaussian blob) on a class-balanced set of test faces:
 * average drop % (lower is better) and increase in confidence % (higher is better) on image * map;
 * optionally ROAD MoRF (lower is better) / LeRF (higher is better) with noisy linear imputation;
 * pointing game and energy pointing game against ground-truth evidence masks, when the images come
-  from a demo folder written by expression.synthetic (root/masks_test.npz); empty for FER2013;
+  from a demo folder written by expression.demo.synthetic (root/masks_test.npz); empty for FER2013;
 * the cascading model-randomisation sanity check (Adebayo et al. 2018): Spearman correlation between
   the trained model's map and the map once the explained layer and every layer above it are random.
 
@@ -24,7 +24,7 @@ Besides method x layer maps, every CAM method's layers fused into one map (layer
 to skip) and the layer-free guidedbackprop / fullgrad maps (layer "input") are scored; the column
 "trusted" says which maps beat both baselines and pass the randomisation check.
 
-The scoring itself is gradcam/evaluation.py (score_explanations), the files expression/explanation_report.py.
+The scoring itself is gradcam/evaluation.py (score_explanations), the files expression/reports/explanation_report.py.
 
 Writes <out>/explanations_report.csv and .md, deletion_insertion.png, randomisation.csv and .png
 (with --sanity), pointing_per_class.csv (with masks) and args.json; out defaults to
@@ -38,14 +38,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from expression.checkpoint import open_model_quietly
-from expression.cli import (add_device_argument, ArgumentParser, name_list, positive_float, positive_int,
+from expression.core.checkpoint import open_model_quietly
+from expression.apps.cli import (add_device_argument, ArgumentParser, name_list, positive_float, positive_int,
                             resolve_device, run_main, UsageError, use_progress_bars)
-from expression.data import Preprocessing
-from expression.explain_figures import add_input_args, check_layers, select_images
-from expression.explanation_report import load_masks, write_report
-from expression.io import ensure_writable_dir
-from expression.tta import TTA_MODES, tta_geometry
+from expression.core.preprocessing import Preprocessing
+from expression.reports.explain_figures import add_input_args, check_layers, select_images
+from expression.reports.explanation_report import load_masks, write_report
+from expression.core.io import ensure_writable_dir
+from expression.core.tta import TTA_MODES, tta_geometry
 from gradcam import METHODS
 from gradcam.evaluation import progress_total, score_explanations
 from gradcam.metrics import BASELINES, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, POINTING_TIES
@@ -105,7 +105,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--masks", default=None, metavar="FILE.npz",
                         help="evidence masks (keys files, evidence) with files relative to the npz's folder "
                              "(default: masks_*.npz found in a parent folder of the images, as "
-                             "expression.synthetic writes them)")
+                             "expression.demo.synthetic writes them)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random baseline map, ROAD noise and "
                                                              "the re-initialised weights")
     parser.add_argument("--out", default=None,

@@ -11,16 +11,16 @@ Preprocessing (size, colour, mean/std) comes from the checkpoint, so any image s
 
 Writes <out>/gradcam_grid.png (or gradcam_grid_001.png, ... for more than --rows-per-file faces).
 Panel titles carry a tick where the explanation report (evaluate_explanations.py on the demo faces)
-found the method and layer faithful at the model's input size (expression.prediction.TRUSTED_MAPS).
+found the method and layer faithful at the model's input size (expression.core.cam_policy.TRUSTED_MAPS).
 """
 from __future__ import annotations
 
 import sys
 
-from expression.cli import ArgumentParser, UsageError, name_list, run_main
-from expression.prediction import TRUSTED_MAPS
+from expression.apps.cli import ArgumentParser, UsageError, name_list, run_main
+from expression.core.cam_policy import TRUSTED_MAPS
 from gradcam import METHODS, explain, map_keys
-from expression.explain_figures import Batch, add_common_args, draw_grids, prepare, print_paths, \
+from expression.reports.explain_figures import Batch, add_common_args, draw_grids, prepare, print_paths, \
     resolve_targets, run_batches, save_maps, summary
 
 GRID = "gradcam_grid"

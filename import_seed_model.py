@@ -15,9 +15,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from expression.cli import ArgumentParser, UsageError, run_main
-from expression.io import ensure_writable_dir
-from expression.seed_model import SeedModelError, import_seed_model
+from expression.apps.cli import ArgumentParser, UsageError, run_main
+from expression.core.io import ensure_writable_dir
+from expression.core.seed_model import SeedModelError, import_seed_model
 
 
 def get_args_parser() -> ArgumentParser:

@@ -1,7 +1,7 @@
 """Classify face images with an exported ONNX model: onnxruntime, numpy and PIL only, no PyTorch.
 
 Everything the model needs (class names, input size, colour mode, mean/std) is read from the .onnx
-file's metadata, written by export.py. Preprocessing repeats expression.data.Preprocessing exactly:
+file's metadata, written by export.py. Preprocessing repeats expression.core.preprocessing.Preprocessing exactly:
 convert to L (gray) or RGB, PIL bilinear resize to SxS, /255, (x - mean) / std, gray repeated to 3
 channels. This file deliberately imports nothing from the project so it can be copied next to the
 .onnx file onto a machine with only `pip install onnxruntime pillow numpy`.
@@ -84,7 +84,7 @@ def newest_onnx(models_dir) -> Path:
     return candidates[-1]
 
 
-MAX_IMG_SIZE = 1024  # as expression.checkpoint.MAX_IMG_SIZE: larger is a damaged field, not a trained model
+MAX_IMG_SIZE = 1024  # as expression.core.checkpoint.MAX_IMG_SIZE: larger is a damaged field, not a trained model
 
 
 def parse_metadata(props: dict) -> dict:
@@ -104,7 +104,7 @@ def parse_metadata(props: dict) -> dict:
 
 
 def metadata_problem(meta: dict) -> str | None:
-    """The bounds expression.checkpoint.metadata_problem puts on a .pt record's fields, repeated here
+    """The bounds expression.core.checkpoint.metadata_problem puts on a .pt record's fields, repeated here
     because this file imports nothing from the project (tests/test_untrusted_files.py checks the two agree)."""
     names = meta["class_names"]
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n.strip() for n in names):
@@ -166,10 +166,10 @@ def load_session(path, threads: int = 0):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Preprocessing: must equal expression.data.Preprocessing (tests/test_export.py checks it)
+# Preprocessing: must equal expression.core.preprocessing.Preprocessing (tests/test_export.py checks it)
 
 
-# A copy of expression/images.py (this file imports nothing from the project); tests/test_images.py
+# A copy of expression/core/images.py (this file imports nothing from the project); tests/test_images.py
 # checks the two agree on every image mode.
 HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 

@@ -33,15 +33,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from expression.checkpoint import open_model
-from expression.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, non_negative_int,
+from expression.core.checkpoint import open_model
+from expression.apps.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, non_negative_int,
                             number_in, positive_int, resolve_device, run_main, UsageError, use_progress_bars)
-from expression.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
+from expression.inference.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
                               DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector)
-from expression.io import WriteError, ensure_writable_dir, write_json
-from expression.prediction import (CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, DEFAULT_FACE_TTA, FACE_TTA,
-                                   Classifier, OutputNames, Predictor, Stats, find_sources, process_all)
-from expression.prediction_outputs import RecordWriter
+from expression.core.io import WriteError, ensure_writable_dir, write_json
+from expression.core.cam_policy import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD
+from expression.inference.classifier import DEFAULT_FACE_TTA, FACE_TTA, Classifier
+from expression.inference.sources import OutputNames, find_sources
+from expression.inference.pipeline import Predictor, Stats, process_all
+from expression.inference.outputs import RecordWriter
 
 MAX_MARGIN = 2.0  # a margin of 2 face widths on every side already makes a crop 5x the face
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from expression import recipe, trainer
-from expression.cli import (add_device_argument, ArgumentParser, command_line, fraction, non_negative_float,
+from expression.training import recipe
+from expression.training import trainer
+from expression.apps.cli import (add_device_argument, ArgumentParser, command_line, fraction, non_negative_float,
                             non_negative_int, positive_float, positive_int, run_main)
-from expression.recipe import preset_help
-from expression.trainer import DEMO_EPOCHS, DEMO_LR, DEMO_ROOT
+from expression.training.recipe import preset_help
+from expression.training.trainer import DEMO_EPOCHS, DEMO_LR, DEMO_ROOT
 
 
 def get_args_parser() -> ArgumentParser:

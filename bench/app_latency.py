@@ -1,4 +1,4 @@
-"""Request latency of the browser app's handler (expression/webapp.py, what app.py runs per request),
+"""Request latency of the browser app's handler (expression/apps/webapp.py, what app.py runs per request),
 without a browser or a server: a 512 px photo with one face (scikit-image's astronaut), as a file the
 way an upload arrives, read, detected, classified, explained, drawn and its records written.
 
@@ -33,10 +33,10 @@ import skimage.data
 import torch
 from PIL import Image
 
-from expression.checkpoint import open_model
-from expression.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, positive_int,
+from expression.core.checkpoint import open_model
+from expression.apps.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, positive_int,
                             resolve_device, run_main)
-from expression.webapp import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, WebApp, default_workers
+from expression.apps.webapp import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, WebApp, default_workers
 
 
 def get_args_parser() -> ArgumentParser:
@@ -76,7 +76,7 @@ def percentile(values, q: float) -> float:
 def concurrent_requests(url: str, photo: Path, clients: int, requests: int, warmup: int = 1) -> list[float]:
     """`clients` users, each with its own connection, send the page's default request over and over, all
     starting together after `warmup` untimed requests each; -> the `requests` latencies in ms."""
-    from expression.app_client import AppClient
+    from expression.apps.app_client import AppClient
     users = [AppClient(url) for _ in range(clients)]
     shares = [requests // clients + (i < requests % clients) for i in range(clients)]
     barrier, times, errors = threading.Barrier(clients), [], []
@@ -107,8 +107,8 @@ def concurrent_requests(url: str, photo: Path, clients: int, requests: int, warm
 
 
 def served(args, path: Path, device: str) -> int:
-    from expression.app_client import serve
-    from expression.cli import UsageError
+    from expression.apps.app_client import serve
+    from expression.apps.cli import UsageError
     try:
         counts = [int(w) for w in args.workers.split(",")]
     except ValueError:
@@ -139,7 +139,7 @@ def served(args, path: Path, device: str) -> int:
 def main(args) -> int:
     device = resolve_device(args.device)
     if args.clients:
-        from expression.checkpoint import choose_model
+        from expression.core.checkpoint import choose_model
         return served(args, choose_model(args.checkpoint, real_photos=True)[0], device)
     model, ckpt, path = open_model(args.checkpoint, device, real_photos=True)
     rss_model = peak_rss_mib()

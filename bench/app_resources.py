@@ -24,11 +24,11 @@ import skimage.data
 from PIL import Image
 
 from app_latency import cpu_name
-from expression.app_client import AppClient, serve
-from expression.checkpoint import choose_model
-from expression.cli import ArgumentParser, add_checkpoint_argument, positive_int, run_main
-from expression.synthetic import png_claiming
-from expression.webapp import default_workers
+from expression.apps.app_client import AppClient, serve
+from expression.core.checkpoint import choose_model
+from expression.apps.cli import ArgumentParser, add_checkpoint_argument, positive_int, run_main
+from expression.demo.synthetic import png_claiming
+from expression.apps.webapp import default_workers
 
 
 def get_args_parser() -> ArgumentParser:
@@ -46,7 +46,7 @@ def get_args_parser() -> ArgumentParser:
 
 
 def mixed_files(folder: Path, large_side: int) -> list[Path]:
-    from expression.webapp import write_examples
+    from expression.apps.webapp import write_examples
     astro = Image.fromarray(skimage.data.astronaut())
     files = {"astronaut.png": lambda p: astro.save(p),
              "astronaut_16bit.png": lambda p: Image.fromarray(

@@ -30,7 +30,7 @@ import torch
 import torchvision
 
 
-from expression.cli import add_device_argument, resolve_device
+from expression.apps.cli import add_device_argument, resolve_device
 from gradcam import explain
 from gradcam.base import to_input_size
 from gradcam.methods import make_method
@@ -58,8 +58,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def run_per_method(model, images, args, device):
     """(d): images/s of each method alone, of the fusion and of the TTA-averaged default map."""
-    from expression.prediction import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD
-    from expression.tta import tta_geometry
+    from expression.core.cam_policy import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD
+    from expression.core.tta import tta_geometry
     from gradcam import EXTRA_PASSES, METHODS as ALL_METHODS, explain_views
 
     slow = ("scorecam", "ablationcam")

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 
-from expression import onnx_export
-from expression.checkpoint import load_model, model_record
-from expression.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
-from expression.data import FER2013_CLASSES, Preprocessing
-from expression.model import build_model
+from expression.inference import onnx_export
+from expression.core.checkpoint import load_model, model_record
+from expression.apps.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
+from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
+from expression.core.model import build_model
 
 
 def get_args_parser() -> ArgumentParser:

@@ -16,8 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from expression.cli import ArgumentParser, UsageError, run_main
-from expression.io import atomic_path
+from expression.apps.cli import ArgumentParser, UsageError, run_main
+from expression.core.io import atomic_path
 
 
 def get_args_parser() -> ArgumentParser:

@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from expression import checkpoint
-from expression.cli import run_main
-from expression.io import atomic_path
+from expression.core import checkpoint
+from expression.apps.cli import run_main
+from expression.core.io import atomic_path
 
 MANIFEST = checkpoint.SHIPPED_MODEL.with_suffix(".json")
 

@@ -36,14 +36,17 @@ from PIL import Image
 
 
 import predict_FER
-from expression import drawing, prediction, prediction_outputs
-from expression.checkpoint import load_model, model_record, save
-from expression.cli import (add_device_argument, ArgumentParser, non_negative_int, positive_int, resolve_device,
+from expression.inference import drawing
+from expression.core.cam_policy import CAMS
+from expression.inference import classifier as face_classifier, pipeline, sources
+from expression.inference import outputs as prediction_outputs
+from expression.core.checkpoint import load_model, model_record, save
+from expression.apps.cli import (add_device_argument, ArgumentParser, non_negative_int, positive_int, resolve_device,
                             run_main)
-from expression.data import FER2013_CLASSES, Preprocessing
-from expression.faces import (CASCADES, DEFAULT_MARGIN, DEFAULT_MIN_NEIGHBORS, FaceDetector,
+from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
+from expression.inference.faces import (CASCADES, DEFAULT_MARGIN, DEFAULT_MIN_NEIGHBORS, FaceDetector,
                               crop_faces, image_to_rgb)
-from expression.model import build_model
+from expression.core.model import build_model
 
 
 def video_size(text: str) -> tuple[int, int]:
@@ -76,7 +79,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--frames", type=positive_int, default=60, help="frames of the synthetic video")
     parser.add_argument("--video-size", type=video_size, default="640x480", metavar="WxH",
                         help="frame size of the synthetic video")
-    parser.add_argument("--cam", default="gradcam", choices=prediction.CAMS[1:], help="method for the --cam rows")
+    parser.add_argument("--cam", default="gradcam", choices=CAMS[1:], help="method for the --cam rows")
     parser.add_argument("--lfw-sizes", type=size_list, default="28,40,64,96",
                         help="face sizes (px) for the LFW detection rate")
     add_device_argument(parser, default="cpu")
@@ -171,12 +174,12 @@ def main(args) -> int:
                                                                                      args.repeats)))
         detector = FaceDetector()
         crops, _ = crop_faces(photo, detector(photo), DEFAULT_MARGIN)
-        item = prediction.analyse(photo, detector, DEFAULT_MARGIN, True, source="astronaut", frame=None)
+        item = face_classifier.analyse(photo, detector, DEFAULT_MARGIN, True, source="astronaut", frame=None)
         for cam in ("none", args.cam):
-            classifier = prediction.Classifier(model, ckpt, device, cam)
+            classifier = face_classifier.Classifier(model, ckpt, device, cam)
             rows.append((f"classify, --cam {cam}", f"{len(crops)} face(s)",
                          timed(lambda: classifier(crops), args.repeats)))
-            prediction.classify([item], classifier)
+            face_classifier.classify([item], classifier)
             names = classifier.class_names
             rows.append((f"annotate, --cam {cam}", "512x512", timed(lambda: drawing.annotate(item, names),
                                                                      args.repeats)))
@@ -188,16 +191,16 @@ def main(args) -> int:
             # predict_FER's own video path with the model already loaded: start-up is not a per-frame cost
             argv = [str(clip), "--out", str(tmp / f"out_{cam}"), "--cam", cam, "--quiet"]
             run_args = predict_FER.get_args_parser().parse_args(argv)
-            classifier = prediction.Classifier(model, ckpt, device, cam)
-            stats = prediction.Stats()
+            classifier = face_classifier.Classifier(model, ckpt, device, cam)
+            stats = pipeline.Stats()
             Path(run_args.out).mkdir()
             start = time.perf_counter()
             with prediction_outputs.RecordWriter(Path(run_args.out) / "predictions.jsonl", "jsonl",
                                           classifier.class_names) as writer:
-                predictor = prediction.Predictor(run_args, detector, classifier, writer, Path(run_args.out),
+                predictor = pipeline.Predictor(run_args, detector, classifier, writer, Path(run_args.out),
                                                   stats, note=lambda message: None)
-                prediction.process_video(prediction.Source(str(clip), "video"), predictor,
-                                          prediction.OutputNames(), progress=False)
+                pipeline.process_video(sources.Source(str(clip), "video"), predictor,
+                                          sources.OutputNames(), progress=False)
             video_rows.append((cam, stats.frames / (time.perf_counter() - start), stats.faces))
 
     print(f"predict latency: {checkpoint.name if args.checkpoint != 'random' else 'random ResNet34'}, "

@@ -29,9 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from expression.cli import ArgumentParser, UsageError, number_in, positive_int, run_main
-from expression.data import class_folders, is_image_file
-from expression.io import write_text
+from expression.apps.cli import ArgumentParser, UsageError, number_in, positive_int, run_main
+from expression.core.datasets import class_folders
+from expression.core.preprocessing import is_image_file
+from expression.core.io import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 

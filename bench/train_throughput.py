@@ -19,9 +19,11 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from expression.cli import add_device_argument, ArgumentParser, positive_int, resolve_device, run_main
-from expression.data import SEED_MEAN, SEED_STD, InMemoryLoader, check_splits, decode_split
-from expression.model import build_model
+from expression.apps.cli import add_device_argument, ArgumentParser, positive_int, resolve_device, run_main
+from expression.core.preprocessing import SEED_MEAN, SEED_STD
+from expression.training.loader import InMemoryLoader
+from expression.core.datasets import check_splits, decode_split
+from expression.core.model import build_model
 
 
 def get_args_parser() -> ArgumentParser:

@@ -44,8 +44,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from expression.cli import ArgumentParser, UsageError, run_main, use_progress_bars
-from expression.io import ensure_writable_dir, write_json
+from expression.apps.cli import ArgumentParser, UsageError, run_main, use_progress_bars
+from expression.core.io import ensure_writable_dir, write_json
 
 IMG_SIZE = 48
 N_PIXELS = IMG_SIZE * IMG_SIZE

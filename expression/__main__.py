@@ -1,6 +1,6 @@
 """`python -m expression COMMAND ...`: the scripts of an installed package (see expression.commands)."""
 import sys
 
-from .commands import main
+from expression.commands import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 A ``View`` of an S x S input is: resize to ``frame`` x ``frame`` (bilinear, align_corners=False; no
 resize when ``frame`` is None), take the S x S crop at (``top``, ``left``), mirror it if ``flip``. The
-classifier's own views (``expression.tta``: flip, ten-crop at 1.125x) are built from these by the
+classifier's own views (``expression.core.tta``: flip, ten-crop at 1.125x) are built from these by the
 caller, so this module stays free of the application.
 
 Back to the original frame, a view's S x S map is un-mirrored, pasted into its box of a zero

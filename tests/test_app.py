@@ -1,4 +1,4 @@
-"""The browser app's handlers (expression/webapp.py, app.py) without a browser: the same records as
+"""The browser app's handlers (expression/apps/webapp.py, app.py) without a browser: the same records as
 predict_FER.py, the chosen explanation and the attention map, concurrent requests, bad input.
 
 Only the tests that build the gradio page need gradio (requirements-app.txt); they skip without it.
@@ -16,11 +16,13 @@ from PIL import Image
 
 import app as app_script
 import predict_FER
-from expression import prediction, webapp
-from expression.data import FER2013_CLASSES
-from expression.prediction import FacePredictor
-from expression.synthetic import png_claiming
-from expression.webapp import BadInput, WebApp, read_image
+from expression.core import cam_policy
+from expression.inference import classifier as prediction
+from expression.apps import webapp
+from expression.core.preprocessing import FER2013_CLASSES
+from expression.inference.classifier import FacePredictor
+from expression.demo.synthetic import png_claiming
+from expression.apps.webapp import BadInput, WebApp, read_image
 from gradcam import attention_maps, explain
 
 FIELDS = {"source", "frame", "face", "box", "label", "probabilities", "true_label", "annotated", "note", "tta"}
@@ -90,7 +92,7 @@ def test_astronaut_gives_predict_FER_records(app, photos, random_checkpoint, tmp
 
 
 def test_the_photo_is_numbered_in_reading_order_and_the_panels_follow(app):
-    from expression.faces import reading_order
+    from expression.inference.faces import reading_order
     # two rows, the second face of the top row a little lower than the first: rows, then left to right
     boxes = [(300, 40, 80, 80), (20, 200, 90, 90), (10, 10, 90, 90), (400, 190, 70, 70), (150, 30, 80, 80)]
     assert reading_order(boxes) == [(10, 10, 90, 90), (150, 30, 80, 80), (300, 40, 80, 80), (20, 200, 90, 90),
@@ -110,17 +112,17 @@ def test_the_photo_is_numbered_in_reading_order_and_the_panels_follow(app):
 
 
 def test_defaults_come_from_the_prediction_module(app):
-    assert webapp.DEFAULT_CAM_LAYER == prediction.DEFAULT_CAM_LAYER
-    assert webapp.DEFAULT_CAM_METHOD == prediction.DEFAULT_CAM_METHOD
+    assert webapp.DEFAULT_CAM_LAYER == cam_policy.DEFAULT_CAM_LAYER
+    assert webapp.DEFAULT_CAM_METHOD == cam_policy.DEFAULT_CAM_METHOD
     assert webapp.DEFAULT_CAM_METHOD in app.methods and webapp.DEFAULT_CAM_LAYER in app.layers
     assert app.stages == ["layer1", "layer2", "layer3", "layer4"]
     assert app.layers == app.stages + (["fused"] if hasattr(prediction, "FUSED_LAYERS") else [])
-    assert app.methods == tuple(prediction.CAMS)
+    assert app.methods == tuple(cam_policy.CAMS)
 
 
 def test_a_fused_map_takes_the_attention_of_the_finest_stage(app, photos):
     if "fused" not in app.layers:
-        pytest.skip("expression.prediction has no fused maps (FUSED_LAYERS) in this version")
+        pytest.skip("expression.inference.classifier has no fused maps (FUSED_LAYERS) in this version")
     result = app.analyse(str(photos / "astronaut.png"), method="gradcam", layer="fused")
     assert result.heats.shape == (1, 48, 48) and 0 <= result.heats.min() and result.heats.max() <= 1
     assert app.attention_layer("fused") == "layer1" and app.attention_layer("layer3") == "layer3"

@@ -24,9 +24,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from expression.app_client import AppClient, serve
-from expression.checkpoint import SHIPPED_MODEL
-from expression.synthetic import png_claiming
+from expression.apps.app_client import AppClient, serve
+from expression.core.checkpoint import SHIPPED_MODEL
+from expression.demo.synthetic import png_claiming
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "img" / "app_astronaut.png"

@@ -7,7 +7,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from expression.augment import mix_batch, one_hot, random_erase, random_rotate_scale, rotate_scale
+from expression.training.augment import mix_batch, one_hot, random_erase, random_rotate_scale, rotate_scale
 
 
 def gen(seed=0) -> torch.Generator:

@@ -23,7 +23,7 @@ import onnx_predict
 import predict_FER
 import train_resnet34
 from conftest import write_image_folder
-from expression.cli import run_main
+from expression.apps.cli import run_main
 
 prepare_fer2013 = importlib.import_module("data.prepare_fer2013")
 
@@ -78,7 +78,7 @@ def work(tmp_path_factory, random_checkpoint):
     (root / "empty.pt").write_bytes(b"")
     (root / "garbage.pt").write_bytes(b"\x80\x02 not a checkpoint")
     import torch
-    from expression.model import build_model
+    from expression.core.model import build_model
     torch.save(build_model("resnet34", 7), root / "whole.pt")
     Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(root / "photo.jpg")
     return root
@@ -120,8 +120,8 @@ def test_bad_input_is_one_line_and_changes_nothing(work, script, argv, words, ca
 
 
 def test_library_errors_become_one_line_naming_the_flag(capsys):
-    from expression.cli import UsageError, run_main
-    from expression.errors import InputError
+    from expression.apps.cli import UsageError, run_main
+    from expression.core.errors import InputError
 
     def library_failure(args):
         raise InputError("the held-out fraction must be between 0 and 1", option="val_split")

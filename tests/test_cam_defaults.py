@@ -3,22 +3,23 @@
 import numpy as np
 import pytest
 
-from expression import prediction
-from expression.checkpoint import load_model
+from expression.core import cam_policy
+from expression.inference import classifier as prediction
+from expression.core.checkpoint import load_model
 from gradcam import METHODS, explain
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_default_pair_is_selectable_and_trusted():
-    assert prediction.CAMS == ("none",) + METHODS
-    assert prediction.DEFAULT_CAM_METHOD in prediction.CAMS
-    assert (prediction.DEFAULT_CAM_METHOD, prediction.DEFAULT_CAM_LAYER) in prediction.TRUSTED_MAPS[48]
+    assert cam_policy.CAMS == ("none",) + METHODS
+    assert cam_policy.DEFAULT_CAM_METHOD in cam_policy.CAMS
+    assert (cam_policy.DEFAULT_CAM_METHOD, cam_policy.DEFAULT_CAM_LAYER) in cam_policy.TRUSTED_MAPS[48]
 
 
 @pytest.mark.parametrize("cam, layer, key", [
-    (prediction.DEFAULT_CAM_METHOD, prediction.DEFAULT_CAM_LAYER,
-     f"{prediction.DEFAULT_CAM_METHOD}/{prediction.DEFAULT_CAM_LAYER}"),
+    (cam_policy.DEFAULT_CAM_METHOD, cam_policy.DEFAULT_CAM_LAYER,
+     f"{cam_policy.DEFAULT_CAM_METHOD}/{cam_policy.DEFAULT_CAM_LAYER}"),
     ("gradcampp", "fused", "gradcampp/fused"),
     ("fullgrad", "layer3", "fullgrad/input"),
     ("eigencam", "layer2", "eigencam/layer2"),

@@ -8,11 +8,11 @@ import torch
 from torchvision import models
 
 from conftest import make_checkpoint
-from expression import checkpoint
-from expression.cli import flag_message
-from expression.errors import InputError
-from expression.data import Preprocessing
-from expression.model import build_model
+from expression.core import checkpoint
+from expression.apps.cli import flag_message
+from expression.core.errors import InputError
+from expression.core.preprocessing import Preprocessing
+from expression.core.model import build_model
 
 
 def test_round_trip_is_strict_and_weights_only(tmp_path):

@@ -8,10 +8,12 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from expression.errors import InputError
-from expression.model import build_model
-from expression.data import (InMemoryLoader, Preprocessing, apply_flip_translate, check_splits, decode_split,
-                             find_images, normalize, sample_flip_translate)
+from expression.core.errors import InputError
+from expression.core.model import build_model
+from expression.training.loader import InMemoryLoader
+from expression.core.preprocessing import Preprocessing, normalize
+from expression.training.augment import apply_flip_translate, sample_flip_translate
+from expression.core.datasets import check_splits, decode_split, find_images
 
 
 def seed_test_transform(size):

@@ -12,9 +12,11 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from conftest import ROOT
-from expression import checkpoint
-from expression.data import InMemoryLoader, Preprocessing, check_splits, decode_split
-from expression.engine import evaluate
+from expression.core import checkpoint
+from expression.training.loader import InMemoryLoader
+from expression.core.preprocessing import Preprocessing
+from expression.core.datasets import check_splits, decode_split
+from expression.training.engine import evaluate
 
 
 def torchrun(tmp_path, image_folder, name, *extra):

@@ -10,8 +10,9 @@ import pytest
 
 import predict_FER
 import train_resnet34
-from expression.prediction import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, DEFAULT_FACE_TTA
-from expression.recipe import RECIPES
+from expression.core.cam_policy import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD
+from expression.inference.classifier import DEFAULT_FACE_TTA
+from expression.training.recipe import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

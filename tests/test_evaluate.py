@@ -12,10 +12,12 @@ import torch.nn.functional as F
 
 import evaluate as evaluate_script
 from conftest import make_checkpoint, write_image_folder
-from expression import checkpoint
-from expression.cli import run_main
-from expression.data import FER2013_CLASSES, InMemoryLoader, Preprocessing, decode_split
-from expression.engine import evaluate
+from expression.core import checkpoint
+from expression.apps.cli import run_main
+from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
+from expression.training.loader import InMemoryLoader
+from expression.core.datasets import decode_split
+from expression.training.engine import evaluate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPORT_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "classification_report.txt",

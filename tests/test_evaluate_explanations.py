@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 import evaluate_explanations as ee
-from expression.cli import run_main
-from expression.synthetic import write_image_folder
+from expression.apps.cli import run_main
+from expression.demo.synthetic import write_image_folder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -12,9 +12,9 @@ from PIL import Image
 import attentionMap_FER
 import gradcam_FER
 from conftest import make_checkpoint
-from expression.checkpoint import TRAIN_HINT
-from expression.cli import run_main
-from expression.data import FER2013_CLASSES
+from expression.core.checkpoint import TRAIN_HINT
+from expression.apps.cli import run_main
+from expression.core.preprocessing import FER2013_CLASSES
 
 FAST = ["--layers", "layer3,layer4", "--quiet", "--device", "cpu"]  # two layers keep each run ~1 s
 
@@ -154,7 +154,7 @@ def test_help_shows_defaults(script, capsys):
 
 
 def test_default_images_follow_the_checkpoint(tmp_path):
-    from expression.explain_figures import default_images
+    from expression.reports.explain_figures import default_images
     assert default_images({"args": {"demo": True}}) == ["data/demo/test"]
     assert default_images({"args": {}}) == ["data/fer2013/test"]
     assert default_images({"args": {"test_dir": str(tmp_path)}}) == [str(tmp_path)]

@@ -22,10 +22,10 @@ ort = pytest.importorskip("onnxruntime")
 
 import export
 import onnx_predict
-from expression import onnx_export
-from expression.checkpoint import load_model
-from expression.cli import run_main
-from expression.data import Preprocessing
+from expression.inference import onnx_export
+from expression.core.checkpoint import load_model
+from expression.apps.cli import run_main
+from expression.core.preprocessing import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def session(exported):
 def generated_faces(n: int) -> list[np.ndarray]:
     """Demo faces when the generator is there, else gray noise: either way 48 px uint8, seeded."""
     try:
-        from expression.synthetic import make_split
+        from expression.demo.synthetic import make_split
     except ImportError:
         return list(np.random.default_rng(0).integers(0, 256, (n, 48, 48), dtype=np.uint8))
     return list(make_split(1, seed=3, split="test").images[:n])

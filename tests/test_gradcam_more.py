@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from expression.tta import TTA_MODES, tta_geometry, tta_views
+from expression.core.tta import TTA_MODES, tta_geometry, tta_views
 from gradcam import EXTRA_PASSES, METHODS, PIXEL_METHODS, View, average_views, explain, explain_views, map_back
 from gradcam.pixel import effective_bias, fullgrad, guided_backprop
 
@@ -240,7 +240,7 @@ def test_tencrop_targets_are_the_tta_prediction():
     model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
     x = torch.randn(3, 3, 48, 48)
     res = explain_views(model, x, tta_geometry("tencrop", 48), layers=("layer1",), methods=("gradcam",))
-    from expression.tta import tta_probs
+    from expression.core.tta import tta_probs
     with torch.no_grad():
         probs = tta_probs(model, x, "tencrop")
     assert torch.equal(res.targets, probs.argmax(1))

@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 
 import onnx_predict
-from expression.data import Preprocessing, decode_split
-from expression.faces import image_to_rgb
-from expression.images import standard_image
+from expression.core.preprocessing import Preprocessing
+from expression.core.datasets import decode_split
+from expression.inference.faces import image_to_rgb
+from expression.core.images import standard_image
 
 rng = np.random.default_rng(0)
 FACE = rng.integers(0, 256, (40, 36), dtype=np.uint8)  # any 8-bit gray picture
@@ -87,7 +88,7 @@ def test_16_bit_files_train_like_their_8_bit_twins(tmp_path):
 @pytest.mark.parametrize("kind", ["path", "pil", "uint8", "float 0..1", "float 0..255", "uint16", "int64", "rgba",
                                   "gray (H, W)", "gray (H, W, 1)", "bool"])
 def test_the_api_takes_a_picture_in_any_form(tmp_path, kind):
-    from expression.images import rgb_uint8
+    from expression.core.images import rgb_uint8
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
@@ -108,7 +109,7 @@ def test_the_api_takes_a_picture_in_any_form(tmp_path, kind):
 
 @pytest.mark.parametrize("bad", [np.zeros(5), np.zeros((4, 4, 2)), np.array([["a"]]), np.zeros((0, 3))])
 def test_the_api_says_what_is_not_a_picture(bad):
-    from expression.images import rgb_uint8
+    from expression.core.images import rgb_uint8
 
     with pytest.raises(ValueError, match="expected an image"):
         rgb_uint8(bad)

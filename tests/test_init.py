@@ -9,8 +9,8 @@ import torch
 import train_resnet34
 from bench.ship_model import half_record
 from conftest import write_image_folder
-from expression import checkpoint
-from expression.cli import run_main
+from expression.core import checkpoint
+from expression.apps.cli import run_main
 
 
 def train(tmp_path, data, name, *extra):
@@ -103,7 +103,7 @@ def test_a_parent_that_does_not_match_the_run_is_refused(tmp_path, image_folder,
 def test_the_recorded_command_parses_back_to_the_same_options(argv):
     import shlex
 
-    from expression.cli import command_line
+    from expression.apps.cli import command_line
 
     parser = train_resnet34.get_args_parser()
     args = parser.parse_args(argv)

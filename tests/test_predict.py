@@ -1,4 +1,4 @@
-"""predict_FER.py and expression.faces on real photos shipped by scikit-image (no network).
+"""predict_FER.py and expression.inference.faces on real photos shipped by scikit-image (no network).
 
 skimage.data.astronaut() is NASA's public-domain portrait of Eileen Collins: the one face, located by
 hand, spans about x 177..274, y 66..163 of the 512x512 image (brow to chin). coffee() has no face.
@@ -15,11 +15,11 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from expression.checkpoint import load_model
-from expression.cli import run_main
-from expression.data import FER2013_CLASSES
-from expression.faces import FaceDetector, Region, crop_faces, crop_region, face_region, image_to_rgb
-from expression.prediction import Classifier
+from expression.core.checkpoint import load_model
+from expression.apps.cli import run_main
+from expression.core.preprocessing import FER2013_CLASSES
+from expression.inference.faces import FaceDetector, Region, crop_faces, crop_region, face_region, image_to_rgb
+from expression.inference.classifier import Classifier
 from predict_FER import get_args_parser, main
 
 FACE_CENTRE = (225, 114)  # astronaut, 512 px
@@ -313,7 +313,7 @@ def test_missing_checkpoint_exits_2_with_a_hint(photos, tmp_path, monkeypatch, c
     assert run_main(main, args) == 2
     assert "train_resnet34.py" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)  # no models/ here, and (as in a clone without it) no shipped model
-    from expression import checkpoint
+    from expression.core import checkpoint
     monkeypatch.setattr(checkpoint, "SHIPPED_MODEL", tmp_path / "no_shipped_model.pt")
     assert run_main(main, get_args_parser().parse_args([image])) == 2
     assert "train_resnet34.py" in capsys.readouterr().err
@@ -354,7 +354,7 @@ def test_webcam_loop_with_a_fake_camera(video, random_checkpoint, tmp_path, monk
 
 
 def test_face_predictor_api_gives_the_records_the_script_writes(image_run, photos, random_checkpoint):
-    from expression.prediction import FacePredictor
+    from expression.inference.classifier import FacePredictor
     _, _, by_source = image_run
     predictor = FacePredictor.from_checkpoint(random_checkpoint)
     astro = image_to_rgb(Image.open(photos / "a" / "astronaut.png"))

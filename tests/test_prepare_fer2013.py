@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from expression.cli import run_main
-from expression.data import FER2013_CLASSES, check_splits, decode_split
+from expression.apps.cli import run_main
+from expression.core.preprocessing import FER2013_CLASSES
+from expression.core.datasets import check_splits, decode_split
 
 ROOT = Path(__file__).resolve().parents[1]
 # data/ is not a package (it holds datasets), so load the script from its path

@@ -10,12 +10,15 @@ import torch
 from torch import nn
 
 import train_resnet34
-from expression import recipe, trainer
+from expression.training import recipe
+from expression.training import trainer
 from test_train import run
-from expression.cli import UsageError
-from expression.errors import InputError
-from expression.data import Augmentation, DecodedSplit, InMemoryLoader, balanced_indices, stratified_split
-from expression.engine import train_one_epoch
+from expression.apps.cli import UsageError
+from expression.core.errors import InputError
+from expression.training.augment import Augmentation
+from expression.core.datasets import DecodedSplit, stratified_split
+from expression.training.loader import InMemoryLoader, balanced_indices
+from expression.training.engine import train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -285,7 +288,7 @@ def test_bf16_autocast_training_step_runs_in_reduced_precision():
 
 
 def test_compile_wraps_and_unwrap_gives_the_plain_module():
-    from expression.model import unwrap
+    from expression.core.model import unwrap
 
     net = small_net().eval()
     compiled = recipe.maybe_compile(net, True, backend="eager")

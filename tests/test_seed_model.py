@@ -9,13 +9,13 @@ from torch import nn
 from torchvision import models
 
 import import_seed_model
-from expression import checkpoint
-from expression.data import Preprocessing
-from expression.seed_model import SEED_CLASS_NAMES, SeedModelError, load_whole_resnet34, seed_record
+from expression.core import checkpoint
+from expression.core.preprocessing import Preprocessing
+from expression.core.seed_model import SEED_CLASS_NAMES, SeedModelError, load_whole_resnet34, seed_record
 
 
 def run(argv) -> int:
-    from expression.cli import run_main
+    from expression.apps.cli import run_main
     return run_main(import_seed_model.main, import_seed_model.get_args_parser().parse_args(list(map(str, argv))))
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from expression import checkpoint
-from expression.data import FER2013_CLASSES, Preprocessing
+from expression.core import checkpoint
+from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
 
 SHIPPED = checkpoint.SHIPPED_MODEL
 MANIFEST = SHIPPED.with_suffix(".json")
@@ -51,7 +51,7 @@ def test_photo_commands_work_out_of_the_box(tmp_path, monkeypatch, capsys):
 
     import gradcam_FER
     import predict_FER
-    from expression.cli import run_main
+    from expression.apps.cli import run_main
 
     monkeypatch.chdir(tmp_path)
     Image.fromarray(skimage.data.astronaut()).save(tmp_path / "photo.jpg")
@@ -91,7 +91,7 @@ def test_the_default_map_is_trusted_in_the_shipped_models_committed_report():
     import csv
     from pathlib import Path
 
-    from expression.prediction import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, SHIPPED_TRUSTED_MAPS, TRUSTED_MAPS
+    from expression.core.cam_policy import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, SHIPPED_TRUSTED_MAPS, TRUSTED_MAPS
 
     folder = Path(__file__).resolve().parents[1] / "results" / "shipped_fer2013_publictest"
     about = json.loads((folder / "model.json").read_text())

@@ -1,4 +1,4 @@
-"""Tests for expression.synthetic: determinism, exact evidence masks, corner variant, folder writer."""
+"""Tests for expression.demo.synthetic: determinism, exact evidence masks, corner variant, folder writer."""
 import json
 import os
 import zlib
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from expression import synthetic
-from expression.synthetic import CLASS_NAMES, EVIDENCE_REGION, make_split, render_face, write_image_folder
+from expression.demo import synthetic
+from expression.demo.synthetic import CLASS_NAMES, EVIDENCE_REGION, make_split, render_face, write_image_folder
 
 NEUTRAL = CLASS_NAMES.index("neutral")
 PARTS = ("brows", "eyes", "mouth")

@@ -9,10 +9,13 @@ import torch
 
 import train_resnet34
 from conftest import make_checkpoint
-from expression import checkpoint, trainer
-from expression.cli import run_main
-from expression.data import InMemoryLoader, Preprocessing, check_splits, decode_split
-from expression.engine import evaluate
+from expression.core import checkpoint
+from expression.training import trainer
+from expression.apps.cli import run_main
+from expression.training.loader import InMemoryLoader
+from expression.core.preprocessing import Preprocessing
+from expression.core.datasets import check_splits, decode_split
+from expression.training.engine import evaluate
 
 
 def run(tmp_path, image_folder, *extra, name="run"):

@@ -1,4 +1,4 @@
-"""expression.tta: the views each mode builds and the probabilities averaged over them."""
+"""expression.core.tta: the views each mode builds and the probabilities averaged over them."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from expression.tta import TENCROP_SCALE, TTA_MODES, ten_crop_offsets, tta_probs, tta_views, views_per_image
+from expression.core.tta import TENCROP_SCALE, TTA_MODES, ten_crop_offsets, tta_probs, tta_views, views_per_image
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -22,11 +22,11 @@ from torchvision import models
 
 import import_seed_model
 
-from expression import checkpoint
-from expression.cli import run_main
-from expression.errors import InputError
-from expression.io import WriteError
-from expression.seed_model import SeedModelError, load_whole_resnet34
+from expression.core import checkpoint
+from expression.apps.cli import run_main
+from expression.core.errors import InputError
+from expression.core.io import WriteError
+from expression.core.seed_model import SeedModelError, load_whole_resnet34
 
 FER = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -318,7 +318,7 @@ def trained_state(tmp_path_factory):
 
 @pytest.mark.parametrize("case", STATE_CASES, ids=list(STATE_CASES))
 def test_damaged_resume_state_is_one_line_before_the_first_step(tmp_path, trained_state, capsys, case, monkeypatch):
-    from expression import trainer
+    from expression.training import trainer
 
     root, data = trained_state
     state = torch.load(root / "runs" / "run" / "checkpoint.pt", weights_only=True)
@@ -336,7 +336,7 @@ def test_damaged_resume_state_is_one_line_before_the_first_step(tmp_path, traine
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_a_nan_evaluation_loss_stops_the_run_like_a_nan_training_loss(tmp_path, trained_state, capsys,
                                                                       monkeypatch, split):
-    from expression import trainer
+    from expression.training import trainer
 
     root, data = trained_state
     real = trainer.evaluate_all
@@ -507,7 +507,7 @@ def test_a_real_full_disk(tiny_tmpfs, tmp_path, capsys):
 
 
 def test_an_unreadable_video_is_not_moved_into_place(tmp_path):
-    from expression.prediction_outputs import VideoSink
+    from expression.inference.outputs import VideoSink
 
     sink = VideoSink(tmp_path / "v.mp4", 5.0)
     for _ in range(3):
@@ -548,7 +548,7 @@ def test_batch_of_one_at_32_px_or_less_is_one_line(tmp_path, trained_state, caps
 
 
 def test_images_one_folder_below_the_class_are_taken_as_imagefolder_takes_them(tmp_path):
-    from expression.data import decode_split
+    from expression.core.datasets import decode_split
 
     for split in ("a", "b"):
         (tmp_path / split / "deeper").mkdir(parents=True)
@@ -561,7 +561,7 @@ def test_images_one_folder_below_the_class_are_taken_as_imagefolder_takes_them(t
 
 
 def test_quoted_loader_errors_never_advise_loading_unsafely():
-    from expression.errors import reason
+    from expression.core.errors import reason
 
     torch_message = ("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will "
                      "likely succeed. Do it only if you got the file from a trusted source.\n\nTrying to load "
@@ -576,7 +576,7 @@ def test_quoted_loader_errors_never_advise_loading_unsafely():
 def test_ctrl_c_during_prediction_exits_130_with_what_was_done(tmp_path, random_checkpoint, capsys, monkeypatch,
                                                               interrupt_at):
     import predict_FER
-    from expression import prediction
+    from expression.inference import pipeline as prediction
 
     for name in ("a", "b"):
         Image.fromarray(np.full((48, 48), 100, np.uint8)).save(tmp_path / f"{name}.png")

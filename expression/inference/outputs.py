@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .io import atomic_path
+from expression.core.io import atomic_path
 
 
 class RecordWriter:

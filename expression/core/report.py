@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
-from .io import atomic_path, write_json, write_text  # noqa: E402
+from expression.core.io import atomic_path, write_json, write_text  # noqa: E402  # noqa: E402
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
                   "seconds")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from .errors import InputError, reason
+from expression.core.errors import InputError, reason
 
 # arch -> (constructor, ImageNet weights enum). One entry today; the table keeps checkpoints honest
 # about what they hold and leaves room for more.

@@ -4,7 +4,7 @@ Core modules (checkpoint, data, model, recipe, faces, prediction, io, onnx_expor
 an ordinary `ValueError`: its message says what is wrong and how to fix it in the library's own terms,
 never in command-line flags, so a notebook or another program can catch it like any ValueError.
 `option` names the parameter at fault (`"weights"`, `"checkpoint"`); the script boundary
-(`expression.cli.run_main`) turns that into the flag of the same name:
+(`expression.apps.cli.run_main`) turns that into the flag of the same name:
 
     raise InputError("could not get ImageNet weights (no network): use 'none' to train from scratch",
                      option="weights")

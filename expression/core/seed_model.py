@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from .checkpoint import model_record, save, weights_problem
-from .errors import reason
-from .data import SEED_MEAN, SEED_STD, Preprocessing
+from expression.core.checkpoint import model_record, save, weights_problem
+from expression.core.errors import reason
+from expression.core.preprocessing import SEED_MEAN, SEED_STD, Preprocessing
 
 # Everything a pickled torchvision ResNet34 (torch 1.x/2.x) refers to besides tensors and
 # containers, which the weights_only unpickler already allows.

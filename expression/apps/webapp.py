@@ -4,7 +4,7 @@ an explanation and an attention map per face, and the records as predict_FER.py 
 Everything here except `build_interface` is plain Python, so the handlers are tested without a browser
 and without gradio; `build_interface` imports gradio (requirements-app.txt) only when called.
 
-    from expression.webapp import WebApp
+    from expression.apps.webapp import WebApp
     app = WebApp.from_checkpoint("models/shipped/resnet34_fer2013_cpu.pt", out_dir="runs/app")
     result = app.analyse("photo.jpg", method="gradcam", layer="layer3")
     result.records          # predict_FER.py's records; result.records_path: predictions.jsonl
@@ -30,15 +30,15 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import prediction
-from .checkpoint import load_model
-from .data import UnreadableImage, load_pil
-from .drawing import MIN_CANVAS, PALETTE
-from .faces import FaceDetector, image_to_rgb
-from .io import atomic_path
-from .prediction import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, FUSED_LAYERS, NO_FACE, \
-    SHIPPED_TRUSTED_MAPS, Classifier, FacePredictor, records
-from .prediction_outputs import ImageSink, RecordWriter
+from expression.inference import classifier as face_classifier
+from expression.core.checkpoint import load_model
+from expression.core.preprocessing import UnreadableImage, load_pil
+from expression.inference.drawing import MIN_CANVAS, PALETTE
+from expression.inference.faces import FaceDetector, image_to_rgb
+from expression.core.io import atomic_path
+from expression.core.cam_policy import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, SHIPPED_TRUSTED_MAPS
+from expression.inference.classifier import FUSED_LAYERS, NO_FACE, Classifier, FacePredictor, records
+from expression.inference.outputs import ImageSink, RecordWriter
 from gradcam.methods import FUSED
 
 # A 40 MP photo is ~120 MB as RGB, plus copies for drawing: enough for any camera, and the limit
@@ -299,8 +299,8 @@ def number_faces(image: np.ndarray, boxes, probs) -> np.ndarray:
 
 def write_examples(folder) -> list[Path]:
     """Example photos that need no download, written once at start-up: scikit-image's astronaut
-    (NASA, public domain; one face) and three of expression/synthetic.py's drawn faces in a row."""
-    from .synthetic import CLASS_NAMES, render_face
+    (NASA, public domain; one face) and three of expression/demo/synthetic.py's drawn faces in a row."""
+    from expression.demo.synthetic import CLASS_NAMES, render_face
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -431,10 +431,10 @@ class WebApp:
         maps = None
         with self.engine() as engine:
             detector = self.whole_image if whole_image else engine.detector
-            item = prediction.analyse(rgb, detector, self.predictor.margin, True, source=name, frame=None)
+            item = face_classifier.analyse(rgb, detector, self.predictor.margin, True, source=name, frame=None)
             classifier = self.classifier(method, layer, engine)
             with engine.lock:  # the hooks of the explanation and of the attention map are on engine.model
-                prediction.classify([item], classifier)
+                face_classifier.classify([item], classifier)
                 if attention and item.crops and self.stages:
                     maps = self._attention(engine.model, classifier, item.crops, self.attention_layer(layer))
 

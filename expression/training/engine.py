@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .tta import tta_probs
+from expression.core.tta import tta_probs
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -101,7 +101,7 @@ def train_one_epoch(model, loader, criterion, optimizer, device, progress=False,
 @torch.no_grad()
 def evaluate(model, loader, device, progress=False, desc="test", tta="none", amp_dtype=None) -> Evaluation:
     """Accuracy and plain cross-entropy (whatever loss training used), with optional test-time
-    augmentation (see expression.tta): the loss is then that of the averaged probabilities."""
+    augmentation (see expression.core.tta): the loss is then that of the averaged probabilities."""
     model.eval()
     loss_sum, all_targets, all_probs = 0.0, [], []
     for images, labels in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):

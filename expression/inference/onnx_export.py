@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Preprocessing
-from .errors import InputError
-from .io import atomic_path
+from expression.core.preprocessing import Preprocessing
+from expression.core.errors import InputError
+from expression.core.io import atomic_path
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -176,7 +176,7 @@ def generated_faces(n: int, img_size: int, seed: int = 0) -> np.ndarray:
     """n uint8 (48, 48) demo faces, cycling through the classes, or gray noise blobs if the generator
     is unavailable; Preprocessing resizes them to the model's img_size like any other image."""
     try:
-        from .synthetic import make_split
+        from expression.demo.synthetic import make_split
     except ImportError:
         rng = np.random.default_rng(seed)
         return rng.integers(0, 256, (n, img_size, img_size), dtype=np.uint8)

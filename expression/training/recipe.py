@@ -18,9 +18,9 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel
 
-from .errors import InputError
-from .data import IMAGENET_MEAN, IMAGENET_STD, SEED_MEAN, SEED_STD, SEED_TRANSLATE
-from .model import unwrap
+from expression.core.errors import InputError
+from expression.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, SEED_MEAN, SEED_STD, SEED_TRANSLATE
+from expression.core.model import unwrap
 
 # Every recipe flag, with its value in each preset. None in the parser means "not given": the preset
 # fills it in, so `--recipe strong --lr 0.01` changes only the rate.
@@ -264,7 +264,7 @@ class ModelEma(AveragedModel):
 
 def maybe_compile(model: nn.Module, enabled: bool, backend: str = "inductor") -> nn.Module:
     """torch.compile for the training forward/backward; checkpoints still save the plain module
-    (expression.model.unwrap strips `_orig_mod`)."""
+    (expression.core.model.unwrap strips `_orig_mod`)."""
     if not enabled:
         return model
     if not hasattr(torch, "compile"):

@@ -9,7 +9,7 @@ docs/prediction.md): it finds at least as many faces as `haarcascade_frontalface
 (scikit-image's 100 LFW faces at 28/40/64/96 px: 85/93/98/98 found vs 80/90/96/95) and none of its false boxes on
 face-free photos (0 vs 7 on 16 photos: six on coins, one on cells), at the same speed.
 
-    from expression.faces import FaceDetector, crop_faces, image_to_rgb
+    from expression.inference.faces import FaceDetector, crop_faces, image_to_rgb
     detector = FaceDetector("haar-alt2", min_face=32)
     rgb = image_to_rgb(load_pil("group.jpg"))
     boxes = detector(rgb)                           # [(x, y, w, h), ...] in rgb's pixels
@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import InputError
-from .images import standard_image
+from expression.core.errors import InputError
+from expression.core.images import standard_image
 
 # name -> cascade file in cv2.data.haarcascades; the first entry is the default
 CASCADES = {
@@ -168,6 +168,6 @@ def crop_faces(image: np.ndarray, boxes, margin: float = DEFAULT_MARGIN, whole: 
 
 
 def image_to_rgb(img: Image.Image) -> np.ndarray:
-    """Any PIL image -> uint8 (H, W, 3) RGB as a person sees it (see expression.images: EXIF rotation,
+    """Any PIL image -> uint8 (H, W, 3) RGB as a person sees it (see expression.core.images: EXIF rotation,
     since Haar cascades only find upright faces; transparency on white; 16-bit and float scaled)."""
     return np.asarray(standard_image(img, alpha="white").convert("RGB"), dtype=np.uint8)

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from gradcam.evaluation import COLUMNS, SANITY_MAX_RHO, ExplanationScores, nanmean, split_key
 from gradcam.metrics import BASELINE_MAPS, step_counts
 
-from .cli import UsageError
-from .errors import reason
-from .io import write_json, write_text
-from .report import save_figure
+from expression.apps.cli import UsageError
+from expression.core.errors import reason
+from expression.core.io import write_json, write_text
+from expression.core.report import save_figure
 
 
 def find_mask_files(files, explicit=None) -> list[Path]:
@@ -50,7 +50,7 @@ def load_masks(files, size: int, explicit=None):
             if not explicit:
                 continue
             raise UsageError(f"cannot read evidence masks from {npz_path} ({reason(err, 80)}): "
-                             f"expected keys files and evidence, as expression.synthetic writes") from None
+                             f"expected keys files and evidence, as expression.demo.synthetic writes") from None
         root, matched = npz_path.parent, False
         for k, name in enumerate(rel):
             i = wanted.get(str((root / str(name)).resolve()))

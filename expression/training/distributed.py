@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .engine import Evaluation
+from expression.training.engine import Evaluation
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ the class's region (all three for neutral, the mark for the corner class). Sampl
 drawn from np.random.default_rng([seed, crc32(split), i]) and classes are interleaved (label i % 7).
 
 Examples:
-    python -m expression.synthetic --out img/demo_faces.png
-    python -m expression.synthetic --out img/demo_corner.png --corner-class happy
-    python -c "from expression.synthetic import write_image_folder; write_image_folder('data/demo')"
+    python -m expression.demo.synthetic --out img/demo_faces.png
+    python -m expression.demo.synthetic --out img/demo_corner.png --corner-class happy
+    python -c "from expression.demo.synthetic import write_image_folder; write_image_folder('data/demo')"
 """
 from __future__ import annotations
 
@@ -496,8 +496,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    # Plain argparse rather than expression.cli: that module imports torch, this one must not.
-    parser = argparse.ArgumentParser(prog="python -m expression.synthetic", description=__doc__,
+    # Plain argparse rather than expression.apps.cli: that module imports torch, this one must not.
+    parser = argparse.ArgumentParser(prog="python -m expression.demo.synthetic", description=__doc__,
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("img/demo_faces.png"),
                         help="contact sheet PNG to write")

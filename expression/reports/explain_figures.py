@@ -26,11 +26,12 @@ from tqdm import tqdm
 from gradcam.base import resolve_layers
 from gradcam.overlay import overlay
 
-from .checkpoint import open_model_quietly
-from .cli import (add_checkpoint_argument, add_device_argument, name_list, non_negative_int, positive_int,
+from expression.core.checkpoint import open_model_quietly
+from expression.apps.cli import (add_checkpoint_argument, add_device_argument, name_list, non_negative_int, positive_int,
                   resolve_device, unit_float, UsageError, use_progress_bars)
-from .data import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, find_images, load_pil
-from .io import atomic_path, ensure_writable_dir
+from expression.core.preprocessing import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, load_pil
+from expression.core.datasets import find_images
+from expression.core.io import atomic_path, ensure_writable_dir
 
 # The seed explained all four ResNet34 stages. At 48 px input their feature maps are layer1 12x12,
 # layer2 6x6, layer3 3x3 and layer4 2x2 (strides 4, 8, 16, 32): deep-layer maps are coarse by design,

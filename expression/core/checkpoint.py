@@ -4,7 +4,7 @@ Two kinds of file, both written atomically and read with `torch.load(weights_onl
 - a model file (`models/<name>.pt`): weights, arch, class names, preprocessing, training args, metrics;
 - a training state (`runs/<name>/checkpoint.pt`): the above plus optimizer and RNG states, for --resume.
 
-    from expression.checkpoint import load_model, newest_model
+    from expression.core.checkpoint import load_model, newest_model
     model, ckpt = load_model(newest_model("models"))
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError, reason
-from .data import Preprocessing
-from .io import atomic_path
-from .model import ARCHS, build_model, unwrap
+from expression.core.errors import InputError, reason
+from expression.core.preprocessing import Preprocessing
+from expression.core.io import atomic_path
+from expression.core.model import ARCHS, build_model, unwrap
 
 MODEL_FORMAT = "expression-deciphered/model"
 STATE_FORMAT = "expression-deciphered/train-state"
@@ -236,7 +236,7 @@ def load_model(path, device="cpu"):
 
 # The FER2013 model the project ships (float16 weights, tracked in git). Training writes
 # models/<name>.pt and never this sub-folder, so a user's run cannot overwrite it.
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "shipped" / "resnet34_fer2013_cpu.pt"
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "shipped" / "resnet34_fer2013_cpu.pt"
 # An installed (non-editable) package carries it as wheel data: pip puts it under <prefix>/share/.
 SHIPPED_DATA = Path("share") / "expression-deciphered" / "models" / "shipped" / SHIPPED_MODEL.name
 
@@ -249,7 +249,7 @@ def shipped_model_candidates() -> list[Path]:
 
     found = [Path(os.environ["EXPRESSION_SHIPPED_MODEL"])] if os.environ.get("EXPRESSION_SHIPPED_MODEL") else []
     found.append(SHIPPED_MODEL)
-    prefixes = [Path(sys.prefix), Path(sysconfig.get_path("data")), Path(__file__).resolve().parents[1]]
+    prefixes = [Path(sys.prefix), Path(sysconfig.get_path("data")), Path(__file__).resolve().parents[2]]
     try:
         prefixes.append(Path(sysconfig.get_path("data", f"{os.name}_user")))
     except KeyError:  # a platform without a user scheme

@@ -1,7 +1,7 @@
 """Command-line plumbing shared by every script: one-line errors, device choice, seeding.
 
 Bad input the user can fix raises `UsageError` in script code (its message names the flag to change)
-and `expression.errors.InputError` in library code (its `option` names the parameter, which is the
+and `expression.core.errors.InputError` in library code (its `option` names the parameter, which is the
 flag of the same name); `run_main` turns either into a single line on stderr and exit code 2 instead
 of a traceback.
 """
@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from .errors import InputError
+from expression.core.errors import InputError
 
 
 class UsageError(InputError):
@@ -50,7 +50,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def add_checkpoint_argument(parser) -> None:
     """--checkpoint as every script that reads a trained model takes it (resolved by
-    expression.checkpoint.choose_model)."""
+    expression.core.checkpoint.choose_model)."""
     parser.add_argument("--checkpoint", default=None,
                         help="model file (default: the newest models/*.pt, else the shipped FER2013 model "
                              "models/shipped/; on your own photos, models trained on the drawn demo faces "

@@ -1,7 +1,7 @@
 """app.py from the outside: start it as a user does, and talk to it over HTTP as gradio_client does
 (gradio's upload route and its /call API). Used by tests/test_app_browser.py and the app benches.
 
-    from expression.app_client import AppClient, serve
+    from expression.apps.app_client import AppClient, serve
     with serve(["--checkpoint", "models/shipped/resnet34_fer2013_cpu.pt", "--workers", "2"], cwd=tmp) as server:
         photo, panels, records, status = AppClient(server.url).analyse(Path("photo.png"))
 """
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -1,11 +1,12 @@
-"""Batched, generator-driven versions of the usual per-image augmentations, for training recipes beyond
-the seed: random rotation and zoom (RandomAffine's degrees/scale), RandomErasing, and mixup/CutMix.
+"""Training-time augmentation, batched and generator-driven: the seed's flip + translate
+(RandomHorizontalFlip + RandomAffine(degrees=0, translate=(0.1, 0.1)) with torchvision's parameter
+distribution, `Augmentation` chooses it and the rest), random rotation and zoom (RandomAffine's
+degrees/scale), RandomErasing, and mixup/CutMix.
 
-As in `expression.data.sample_flip_translate`, every random number is drawn from a CPU
-`torch.Generator` passed in, so a run is repeatable and resumable from the generator's saved state,
+Every random number is drawn from a CPU `torch.Generator` passed in, so a run is repeatable and resumable from the generator's saved state,
 and the pixel work is done on whole batches on whatever device the images live on.
 
-    from expression.augment import random_rotate_scale, random_erase, mix_batch
+    from expression.training.augment import random_rotate_scale, random_erase, mix_batch
     g = torch.Generator().manual_seed(0)
     x = random_rotate_scale(x01, g, degrees=10, scale=0.1)   # pixels in [0, 1], before normalisation
     x = random_erase(normalize(...), g, p=0.5)               # after normalisation: 0 = mean colour
@@ -14,13 +15,17 @@ and the pixel work is done on whole batches on whatever device the images live o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["one_hot", "rotate_scale", "random_rotate_scale", "random_erase", "mix_batch"]
+from expression.core.preprocessing import SEED_TRANSLATE
+
+__all__ = ["Augmentation", "sample_flip_translate", "apply_flip_translate", "one_hot", "rotate_scale",
+           "random_rotate_scale", "random_erase", "mix_batch"]
 
 ERASE_ATTEMPTS = 10  # torchvision RandomErasing gives up after 10 rectangles that do not fit
 
@@ -150,3 +155,48 @@ def mix_batch(images: Tensor, labels: Tensor, num_classes: int, generator: torch
         mixed = images * lam + partner * (1.0 - lam)  # mixup eq. 1: x~ = lam x_i + (1 - lam) x_j
 
     return mixed, targets * lam + targets.flip(0) * (1.0 - lam)
+
+# ---------------------------------------------------------------------------------------------------
+# Augmentation and batching on tensors
+
+
+def sample_flip_translate(batch: int, height: int, width: int, generator: torch.Generator,
+                          translate: float = SEED_TRANSLATE):
+    """Draw per-image (flip, dx, dy) with torchvision's distributions: RandomHorizontalFlip(p=0.5) and
+    RandomAffine's translate, dx = round(U(-t*W, t*W)) whole pixels (round half to even, like Python)."""
+    flip = torch.rand(batch, generator=generator) < 0.5
+    max_dx, max_dy = translate * width, translate * height
+    dx = torch.round((torch.rand(batch, generator=generator) * 2 - 1) * max_dx).long()
+    dy = torch.round((torch.rand(batch, generator=generator) * 2 - 1) * max_dy).long()
+    return flip, dx, dy
+
+
+def apply_flip_translate(images: torch.Tensor, flip, dx, dy) -> torch.Tensor:
+    """Flip then shift each image by whole pixels (content moves right/down for positive dx/dy), filling
+    with 0 as RandomAffine's default fill does. Works on any device; one gather for the whole batch."""
+    n, _, h, w = images.shape
+    device = images.device
+    flip, dx, dy = flip.to(device), dx.to(device), dy.to(device)
+    cols = torch.arange(w, device=device)
+    src_x = cols[None, :] - dx[:, None]                               # output x reads input x - dx
+    src_x = torch.where(flip[:, None], w - 1 - src_x, src_x)          # flipping first mirrors the source
+    src_y = torch.arange(h, device=device)[None, :] - dy[:, None]
+    valid = ((src_y >= 0) & (src_y < h))[:, :, None] & ((src_x >= 0) & (src_x < w))[:, None, :]
+    batch_idx = torch.arange(n, device=device)[:, None, None]
+    out = images[batch_idx, :, src_y.clamp(0, h - 1)[:, :, None], src_x.clamp(0, w - 1)[:, None, :]]
+    out = out.permute(0, 3, 1, 2) * valid[:, None].to(images.dtype)  # advanced indexing put C last
+    return out.contiguous()
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation. The defaults are the seed's flip + translate; the rest are off.
+
+    rotate: degrees (uniform +-), scale: zoom jitter U(1 - scale, 1 + scale), erase: probability of
+    one random-erasing rectangle per image (applied after normalisation, so erased = mean colour)."""
+
+    translate: float = SEED_TRANSLATE
+    rotate: float = 0.0
+    scale: float = 0.0
+    erase: float = 0.0
+

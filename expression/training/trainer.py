@@ -8,7 +8,7 @@ only wires them together in the order a run needs, as torchvision's references/c
 train.py does in its main().
 
     import train_resnet34                 # the script holds the flags and their defaults
-    from expression import trainer
+    from expression.training import trainer
     args = train_resnet34.get_args_parser().parse_args(["--demo"])
     trainer.run(args)   # 0, or 130 when interrupted (resume with --resume)
 """
@@ -25,15 +25,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoint, distributed, recipe, report
-from .augment import mix_batch
-from .cli import UsageError, resolve_device, use_progress_bars
-from .errors import InputError
-from .data import Augmentation, InMemoryLoader, Preprocessing, check_splits, decode_split, stratified_split
-from .engine import NonFiniteLoss, train_one_epoch
-from .io import WriteError, ensure_writable_dir, write_json
-from .model import build_model
-from .training import TrainingState, evaluate_all
+from expression.core import checkpoint
+from expression.training import distributed
+from expression.training import recipe
+from expression.core import report
+from expression.training.augment import mix_batch
+from expression.apps.cli import UsageError, resolve_device, use_progress_bars
+from expression.core.errors import InputError
+from expression.training.augment import Augmentation
+from expression.training.loader import InMemoryLoader
+from expression.core.preprocessing import Preprocessing
+from expression.core.datasets import check_splits, decode_split, stratified_split
+from expression.training.engine import NonFiniteLoss, train_one_epoch
+from expression.core.io import WriteError, ensure_writable_dir, write_json
+from expression.core.model import build_model
+from expression.training.state import TrainingState, evaluate_all
 
 ARCH = "resnet34"
 DEMO_ROOT = Path("data/demo")
@@ -55,7 +61,7 @@ def resolve_paths(args) -> None:
     if args.demo_corner and not args.demo:
         raise UsageError("--demo-corner only applies with --demo")
     if args.demo:
-        from . import synthetic
+        from expression.demo import synthetic
 
         if args.demo_corner and args.demo_corner not in synthetic.CLASS_NAMES:
             raise UsageError(f"--demo-corner {args.demo_corner!r} is not a class: choose one of "
@@ -88,7 +94,7 @@ def resolve_paths(args) -> None:
 
 
 def write_demo_data(args, rank0: bool) -> None:
-    from . import synthetic
+    from expression.demo import synthetic
 
     if rank0:
         try:

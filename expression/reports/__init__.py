@@ -1,0 +1,3 @@
+"""Reports layer: explanation figures for images (`explain_figures`) and the faithfulness report
+(`explanation_report`). Imports `expression.core` and `expression.inference`.
+"""
