@@ -19,18 +19,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from expression.training import recipe
-from expression.training import trainer
 from expression.apps.cli import (add_device_argument, ArgumentParser, command_line, fraction, non_negative_float,
-                            non_negative_int, positive_float, positive_int, run_main)
+                                 non_negative_int, positive_float, positive_int, run_main)
+from expression.apps.configs import DEMO_EPOCHS, DEMO_LR, DEMO_ROOT, train_config
+from expression.training import recipe, trainer
+from expression.training.config import DEFAULTS
 from expression.training.recipe import preset_help
-from expression.training.trainer import DEMO_EPOCHS, DEMO_LR, DEMO_ROOT
 
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
     data = parser.add_argument_group("data")
-    data.add_argument("--data", default="data/fer2013", help="folder holding train/<class>/ and test/<class>/")
+    data.add_argument("--data", default=DEFAULTS.data, help="folder holding train/<class>/ and test/<class>/")
     data.add_argument("--train-dir", help="training split (overrides DATA/train)")
     data.add_argument("--test-dir", help="test split (overrides DATA/test)")
     data.add_argument("--img-size", type=positive_int,
@@ -41,18 +41,18 @@ def get_args_parser() -> ArgumentParser:
                                                     "choose the best epoch and drive --schedule plateau"))
     data.add_argument("--val-dir", help="a validation split folder (e.g. val/ = PublicTest from "
                                         "data/prepare_fer2013.py) to use instead of --val-split")
-    data.add_argument("--workers", type=non_negative_int, default=2,
+    data.add_argument("--workers", type=non_negative_int, default=DEFAULTS.workers,
                       help="threads that decode images once at start-up (0: main thread)")
     data.add_argument("--demo", action="store_true",
                       help=f"train on generated faces written to {DEMO_ROOT}/ (no download; --weights none)")
     data.add_argument("--demo-corner", metavar="CLASS",
                       help="with --demo: that class's evidence becomes a mark in a corner (explanation tests)")
     train = parser.add_argument_group("training (defaults are the seed recipe)")
-    train.add_argument("--recipe", choices=tuple(recipe.RECIPES), default="seed",
+    train.add_argument("--recipe", choices=tuple(recipe.RECIPES), default=DEFAULTS.recipe,
                        help="preset for every flag below left unset: seed (the original project) or strong")
     train.add_argument("--epochs", type=positive_int,
                        help=preset_help("epochs", f"epochs; {DEMO_EPOCHS} with --demo"))
-    train.add_argument("--batch-size", type=positive_int, default=64,
+    train.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
                        help="per process under torchrun; a last batch of one image joins the batch before it")
     train.add_argument("--lr", type=positive_float,
                        help=preset_help("lr", f"peak learning rate; {DEMO_LR:g} with --demo"))
@@ -63,7 +63,7 @@ def get_args_parser() -> ArgumentParser:
                        help="start from this project model file's weights (e.g. the shipped model) with a fresh "
                             "optimizer and schedule: a warm restart; its classes, --img-size and --norm must "
                             "match, and the new model records it in its lineage")
-    train.add_argument("--seed", type=int, default=0, help="seeds init, order, validation split and augmentation")
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds init, order, validation split and augmentation")
     add_device_argument(train)
     opt = parser.add_argument_group("optimisation (default: from --recipe)")
     opt.add_argument("--optimizer", choices=recipe.OPTIMIZERS, help=preset_help("optimizer", "optimizer"))
@@ -100,16 +100,17 @@ def get_args_parser() -> ArgumentParser:
     speed.add_argument("--compile", action="store_true", help="torch.compile the training model")
     out = parser.add_argument_group("output")
     out.add_argument("--name", help="run name; default resnet34_<data folder name> (resnet34_demo with --demo)")
-    out.add_argument("--out", default="runs", help="runs folder: files go to OUT/NAME/")
-    out.add_argument("--models-dir", default="models", help="the trained model is written to MODELS_DIR/NAME.pt")
+    out.add_argument("--out", default=DEFAULTS.out, help="runs folder: files go to OUT/NAME/")
+    out.add_argument("--models-dir", default=DEFAULTS.models_dir, help="the trained model is written to MODELS_DIR/NAME.pt")
     out.add_argument("--resume", metavar="CHECKPOINT", help="continue from runs/NAME/checkpoint.pt")
     out.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch line stays)")
     return parser
 
 
 def main(args) -> int:
-    # Before run() fills in the defaults that depend on other flags: the command as the user gave it.
-    return trainer.run(args, command=command_line(get_args_parser(), args, "train_resnet34.py"))
+    # The command as the user gave it (before the resolve step fills in presets and derived defaults).
+    command = command_line(get_args_parser(), args, "train_resnet34.py")
+    return trainer.run(train_config(args), command=command)
 
 
 if __name__ == "__main__":

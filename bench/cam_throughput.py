@@ -30,7 +30,8 @@ import torch
 import torchvision
 
 
-from expression.apps.cli import add_device_argument, resolve_device
+from expression.apps.cli import add_device_argument
+from expression.core.runtime import resolve_device
 from gradcam import explain
 from gradcam.base import to_input_size
 from gradcam.methods import make_method

@@ -41,8 +41,8 @@ from expression.core.cam_policy import CAMS
 from expression.inference import classifier as face_classifier, pipeline, sources
 from expression.inference import outputs as prediction_outputs
 from expression.core.checkpoint import load_model, model_record, save
-from expression.apps.cli import (add_device_argument, ArgumentParser, non_negative_int, positive_int, resolve_device,
-                            run_main)
+from expression.apps.cli import add_device_argument, ArgumentParser, non_negative_int, positive_int, run_main
+from expression.core.runtime import resolve_device
 from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
 from expression.inference.faces import (CASCADES, DEFAULT_MARGIN, DEFAULT_MIN_NEIGHBORS, FaceDetector,
                               crop_faces, image_to_rgb)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from expression.apps.cli import add_device_argument, ArgumentParser, positive_int, resolve_device, run_main
+from expression.apps.cli import add_device_argument, ArgumentParser, positive_int, run_main
+from expression.core.runtime import resolve_device
 from expression.core.preprocessing import SEED_MEAN, SEED_STD
 from expression.training.loader import InMemoryLoader
 from expression.core.datasets import check_splits, decode_split

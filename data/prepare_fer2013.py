@@ -44,7 +44,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from expression.apps.cli import ArgumentParser, UsageError, run_main, use_progress_bars
+from expression.apps.cli import ArgumentParser, UsageError, run_main
+from expression.core.runtime import use_progress_bars
 from expression.core.io import ensure_writable_dir, write_json
 
 IMG_SIZE = 48

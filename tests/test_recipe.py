@@ -14,6 +14,7 @@ from expression.training import recipe
 from expression.training import trainer
 from test_train import run
 from expression.apps.cli import UsageError
+from expression.apps.configs import DEMO_EPOCHS, DEMO_LR, train_config
 from expression.core.errors import InputError
 from expression.training.augment import Augmentation
 from expression.core.datasets import DecodedSplit, stratified_split
@@ -25,8 +26,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def parse(*argv):
     args = train_resnet34.get_args_parser().parse_args(list(argv))
-    trainer.resolve_paths(args)
-    return args
+    return train_config(args)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_strong_preset_fills_only_what_was_not_given():
 
 
 def test_demo_keeps_its_fast_defaults_only_with_the_seed_recipe():
-    assert (parse("--demo").epochs, parse("--demo").lr) == (trainer.DEMO_EPOCHS, trainer.DEMO_LR)
+    assert (parse("--demo").epochs, parse("--demo").lr) == (DEMO_EPOCHS, DEMO_LR)
     assert parse("--demo", "--recipe", "strong").lr == recipe.RECIPES["strong"]["lr"]
 
 

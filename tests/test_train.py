@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 import train_resnet34
 from conftest import make_checkpoint
 from expression.core import checkpoint
-from expression.training import trainer
+from expression.apps.configs import DEMO_EPOCHS, DEMO_LR, train_config
+from expression.training import recipe, trainer
+from expression.training.config import TrainConfig, from_recipe
 from expression.apps.cli import run_main
 from expression.training.loader import InMemoryLoader
 from expression.core.preprocessing import Preprocessing
@@ -67,6 +70,36 @@ def test_one_epoch_writes_every_output(tmp_path, image_folder, capsys):
     assert result.acc == pytest.approx(ckpt["metrics"]["test_acc"], abs=1e-9)
     assert result.acc == pytest.approx(report["accuracy"], abs=1e-9)
     assert ckpt["epoch"] == 1 and ckpt["args"]["epochs"] == 1 and ckpt["color"] == "gray"
+
+
+def test_trainer_runs_from_python_without_the_parser(tmp_path, image_folder, capsys):
+    """A TrainConfig built in Python trains the same model as the command line with the same settings,
+    and the config the run recorded is that config, unchanged by the run."""
+    assert run(tmp_path, image_folder, name="cli") == 0
+    config = TrainConfig(data=str(image_folder), train_dir=str(image_folder / "train"),
+                         test_dir=str(image_folder / "test"), weights="none", epochs=1, batch_size=16, img_size=32,
+                         out=str(tmp_path / "runs"), models_dir=str(tmp_path / "models"), name="python", workers=0,
+                         quiet=True)
+    before = config.record()
+    assert trainer.run(config) == 0
+    assert config.record() == before  # frozen: the run filled in nothing
+    assert metrics(tmp_path, "python") == metrics(tmp_path, "cli")
+    assert_same_weights(weights(tmp_path, "python"), weights(tmp_path, "cli"))
+    recorded = json.loads((tmp_path / "runs" / "python" / "args.json").read_text())
+    assert recorded == before and torch.load(tmp_path / "models" / "python.pt", weights_only=True)["args"] == before
+    cli_recorded = json.loads((tmp_path / "runs" / "cli" / "args.json").read_text())
+    assert {k: v for k, v in cli_recorded.items() if k != "name"} == {k: v for k, v in before.items() if k != "name"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 2
+
+
+def test_presets_from_python_match_the_command_line():
+    """from_recipe is the command line's --recipe: the same values for every recipe field."""
+    for name in recipe.RECIPES:
+        from_flags = train_config(train_resnet34.get_args_parser().parse_args(["--recipe", name]))
+        assert from_recipe(name, name=from_flags.name, weights=from_flags.weights) == from_flags, name
+    # the script with no flags is TrainConfig's defaults: the seed recipe, defined once
+    assert train_config(train_resnet34.get_args_parser().parse_args([])) == TrainConfig()
 
 
 def test_seeded_runs_repeat(tmp_path, image_folder):
@@ -193,16 +226,16 @@ def test_a_diverged_run_stops_and_keeps_the_model_and_last_good_state(tmp_path, 
 def test_demo_defaults_and_corner_validation(tmp_path, monkeypatch, capsys):
     parse = train_resnet34.get_args_parser().parse_args
     args = parse(["--demo"])
-    trainer.resolve_paths(args)
-    assert (args.weights, args.epochs, args.lr, args.name) == ("none", trainer.DEMO_EPOCHS,
-                                                               trainer.DEMO_LR, "resnet34_demo")
+    args = train_config(args)
+    assert (args.weights, args.epochs, args.lr, args.name) == ("none", DEMO_EPOCHS,
+                                                               DEMO_LR, "resnet34_demo")
     assert args.train_dir.endswith("data/demo/train")
     args = parse(["--demo", "--demo-corner", "happy", "--epochs", "2", "--weights", "w.pth"])
-    trainer.resolve_paths(args)
+    args = train_config(args)
     assert (args.name, args.epochs, args.weights) == ("resnet34_demo_corner_happy", 2, "w.pth")
     assert args.data.endswith("demo-corner-happy")
     args = parse([])
-    trainer.resolve_paths(args)  # the seed recipe when nothing is said
+    args = train_config(args)  # the seed recipe when nothing is said
     assert (args.weights, args.epochs, args.lr, args.batch_size, args.img_size) == ("imagenet", 15, 1e-4, 64, 48)
     expect_usage_error(capsys, run_main(train_resnet34.main, parse(["--demo", "--demo-corner", "smirk"])),
                        "not a class")

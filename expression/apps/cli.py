@@ -12,14 +12,9 @@ import math
 import shlex
 import sys
 
-import torch
+from expression.core.errors import InputError, UsageError
 
-from expression.core.errors import InputError
-
-
-class UsageError(InputError):
-    """A problem with the user's input or environment, raised by script code: one line with the flag
-    that fixes it (exit 2)."""
+__all__ = ["UsageError"]  # defined in core, where the libraries raise it too; the scripts import it from here
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -131,25 +126,6 @@ def add_device_argument(parser, default: str = "auto") -> None:
     """--device, the same in every script (benches default to cpu, where their figures are comparable)."""
     parser.add_argument("--device", default=default, choices=DEVICES,
                         help="where the model runs (auto: cuda, then mps, else cpu)")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, else cpu; an explicit device that is absent is a UsageError."""
-    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if mps_ok else torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available: use --device cpu or auto")
-    if name == "mps" and not mps_ok:
-        raise UsageError("--device mps was asked for but MPS is not available: use --device cpu or auto")
-    return torch.device(name)
-
-
-def use_progress_bars(quiet: bool) -> bool:
-    """Bars only for a person watching a terminal: logs and CI get the per-epoch lines alone."""
-    return not quiet and sys.stdout.isatty()
 
 
 def fraction(text: str) -> float:

@@ -4,3 +4,69 @@ Each function is pure (reads the Namespace, returns a new config, changes nothin
 derived defaults are applied in one place and the libraries below never see argparse.
 """
 from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from expression.core.errors import UsageError
+from expression.training.config import ARCH, TrainConfig
+from expression.training.recipe import RECIPES
+
+# ---------------------------------------------------------------------------------------------------
+# Training (train_resnet34.py)
+
+DEMO_ROOT = Path("data/demo")
+# The demo must finish in under 5 minutes on a 2-core CPU (~40 training images/s for ResNet34 at 48 px),
+# so it trains from scratch on 1,400 faces for a few epochs with a larger learning rate.
+DEMO_EPOCHS = 8
+DEMO_LR = 1e-3
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The parsed flags -> the run's TrainConfig: the demo's and the preset's values for every flag left
+    unset (None), then the paths and names that follow from the others. Refuses contradictory flags."""
+    given = dict(vars(args))
+    if given["init"] and given["weights"] is not None:
+        raise UsageError(f"--init and --weights both choose the starting weights: drop --weights "
+                         f"{given['weights']} to start from {given['init']}")
+    if given["init"]:
+        given["weights"] = "none"  # the network is built empty, then takes the --init file's weights
+    if given["demo_corner"] and not given["demo"]:
+        raise UsageError("--demo-corner only applies with --demo")
+    if given["demo"]:
+        from expression.demo import synthetic
+
+        corner = given["demo_corner"]
+        if corner and corner not in synthetic.CLASS_NAMES:
+            raise UsageError(f"--demo-corner {corner!r} is not a class: choose one of "
+                             f"{', '.join(synthetic.CLASS_NAMES)}")
+        suffix = f"_corner_{corner}" if corner else ""
+        given["data"] = str(DEMO_ROOT.with_name(DEMO_ROOT.name + suffix.replace("_", "-")))
+        given["weights"] = given["weights"] or "none"
+        given["name"] = given["name"] or f"{ARCH}_demo{suffix}"
+        if given["recipe"] == "seed":
+            given["epochs"] = given["epochs"] or DEMO_EPOCHS
+            given["lr"] = given["lr"] or DEMO_LR
+    if given["val_dir"] and given["val_split"]:
+        raise UsageError("--val-dir and --val-split both choose the validation images: give one")
+    for key, value in RECIPES[given["recipe"]].items():  # the preset fills what the flags left unset
+        if given.get(key) is None:
+            given[key] = value
+    if given["val_dir"]:
+        given["val_split"] = 0.0  # the folder replaces the preset's held-out fraction
+    if given["schedule"] == "plateau" and not (given["val_split"] or given["val_dir"]):
+        raise UsageError("--schedule plateau watches the validation loss: add --val-split (e.g. 0.1) or --val-dir")
+    if given["nesterov"] and given["optimizer"] != "sgd":
+        raise UsageError(f"--nesterov applies to --optimizer sgd, not {given['optimizer']}")
+    if given["batch_size"] == 1 and given["img_size"] <= 32:
+        # a ResNet halves the input five times: up to 32 px layer4 is 1x1, and BatchNorm cannot train on
+        # one value per channel
+        raise UsageError(f"--batch-size 1 with --img-size {given['img_size']} leaves BatchNorm one value per "
+                         f"channel in layer4 (1x1 there): use --batch-size 2 or more, or --img-size 33 or more")
+    given["weights"] = given["weights"] or "imagenet"
+    given["train_dir"] = given["train_dir"] or str(Path(given["data"]) / "train")
+    given["test_dir"] = given["test_dir"] or str(Path(given["data"]) / "test")
+    given["name"] = given["name"] or f"{ARCH}_{Path(given['data']).resolve().name or 'data'}"
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{key: value for key, value in given.items() if key in fields})

@@ -20,6 +20,11 @@ class InputError(ValueError):
         self.option = option  # the caller's parameter (and, by the scripts' convention, flag) at fault
 
 
+class UsageError(InputError):
+    """A problem with a run's settings or environment whose message already names the flag (or config
+    field of the same name) that fixes it, so the scripts print it as it is (exit 2)."""
+
+
 # Loaders end some messages with "if you trust the file, load it unsafely" (torch: weights_only=False or
 # add_safe_globals; numpy: allow_pickle=True). That advice is exactly what must not reach a user who
 # was handed a hostile file, so such lines are never quoted.

@@ -59,14 +59,6 @@ def _show(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def apply_recipe(args) -> None:
-    """Fill every recipe flag the user left out from the chosen preset."""
-    preset = RECIPES[args.recipe]
-    for key, value in preset.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-
-
 def resolve_amp(amp: str, device: torch.device):
     """--amp -> autocast dtype or None. auto: bf16 on CUDA GPUs that have it, otherwise full precision
     (CPU bf16 autocast is slower than float32 on most CPUs)."""
