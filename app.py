@@ -12,7 +12,7 @@ under random names, and is deleted 10 minutes after it was written (--keep-minut
 first, beyond --max-out-mb). Only the examples and gradio's own cache of this session's files are served. Serving it
 to other people: docs/serving.md (a reverse proxy with authentication in front; --root-path).
 The page's logic is expression/apps/webapp.py; the prediction pipeline is predict_FER.py's
-(expression/prediction.py).
+(expression/inference/).
 """
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ Writes to --out:
                                keeps its length.
   summary.json                 counts per label, files without faces, unreadable files, timing.
 Unreadable files are listed and skipped; the exit code is 2 only when nothing could be processed.
-The pipeline itself (and its Python API, FacePredictor) is expression/prediction.py.
+The pipeline itself is expression/inference/pipeline.py; its Python API, FacePredictor, is in
+expression/inference/classifier.py.
 """
 from __future__ import annotations
 

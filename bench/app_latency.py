@@ -4,7 +4,7 @@ way an upload arrives, read, detected, classified, explained, drawn and its reco
 
 Configurations, interleaved round by round after `--warmup` untimed calls of each:
 - plain: no heat map (explanation "none", no attention map);
-- explained: the app's default explanation (expression.prediction's DEFAULT_CAM_METHOD / _LAYER);
+- explained: the app's default explanation (expression.core.cam_policy's DEFAULT_CAM_METHOD / _LAYER);
 - explained + attention: the page's default, the explanation and the attention map.
 Prints p50 / p95 / mean / min in ms per configuration and the process's peak RSS; on a shared CPU
 the minimum is the closest to an unloaded machine's figure.

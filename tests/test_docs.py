@@ -1,6 +1,6 @@
 """The README is the front door and docs/ holds the rest: every relative link and image resolves (with
 its #anchor, by GitHub's heading slugs), no page points outside the repository, the README stays
-short, the defaults it states are the code's, and its test command is the one CI runs. No model."""
+short, the defaults it states are the code's, its test command is the one CI runs, and its API example runs."""
 from __future__ import annotations
 
 import re
@@ -198,3 +198,17 @@ def test_recipe_table_is_the_code_recipes():
     for i, name in enumerate(names):
         optimizer, lr = (v.strip() for v in rows["`--optimizer`, `--lr`"][i].split(","))
         assert (optimizer, float(lr)) == (RECIPES[name]["optimizer"], RECIPES[name]["lr"])
+
+
+def test_readme_python_api_runs_and_prints_what_it_says(capsys):
+    """The README's five-line API example, run as written, prints the line the README quotes."""
+    pytest.importorskip("skimage")
+    section = README.read_text(encoding="utf-8").split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    quoted = re.search(r"prints `([^`]+)`", section).group(1)
+    assert "from expression.inference import FacePredictor" in code and len(code.strip().splitlines()) <= 6
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    # the box and label exactly; the probability to the rounding another CPU's float maths may shift
+    assert printed.rsplit(" ", 1)[0] == quoted.rsplit(" ", 1)[0]
+    assert float(printed.rsplit(" ", 1)[1]) == pytest.approx(float(quoted.rsplit(" ", 1)[1]), abs=1e-4)

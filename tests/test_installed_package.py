@@ -63,7 +63,7 @@ def test_installed_command_predicts_outside_the_clone(installed, tmp_path):
     assert f"model: {target}" in done.stderr and "the shipped FER2013 model" in done.stderr
     record = json.loads((elsewhere / "out" / "predictions.jsonl").read_text().splitlines()[0])
     assert record["label"] in record["probabilities"] and len(record["probabilities"]) == 7
-    api = ("import expression, numpy as np; from expression.prediction import FacePredictor; "
+    api = ("import expression, numpy as np; from expression.inference import FacePredictor; "
            "p = FacePredictor.from_checkpoint('models/shipped/resnet34_fer2013_cpu.pt', detector='none'); "
            "a = p.predict('face.png')[0]['probabilities']; b = p.predict(np.asarray("
            "__import__('PIL.Image').Image.open('face.png'), dtype=np.float32) / 255)[0]['probabilities']; "

@@ -99,6 +99,6 @@ def test_device_is_declared_once():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    declared = [path.relative_to(root).as_posix() for folder in (root, root / "expression", root / "bench")
-                for path in folder.rglob("*.py") if 'add_argument("--device"' in path.read_text()]
+    sources = [*root.glob("*.py"), *(root / "expression").rglob("*.py"), *(root / "bench").glob("*.py")]
+    declared = [path.relative_to(root).as_posix() for path in sources if 'add_argument("--device"' in path.read_text()]
     assert declared == ["expression/apps/cli.py"]

@@ -13,8 +13,11 @@ import shlex
 import sys
 
 from expression.core.errors import InputError, UsageError
+from expression.core.runtime import resolve_device, use_progress_bars
 
-__all__ = ["UsageError"]  # defined in core, where the libraries raise it too; the scripts import it from here
+# Defined in core, where the libraries use them too; named here as well so that a script takes all its
+# command-line plumbing from this one module.
+REEXPORTED = (UsageError, resolve_device, use_progress_bars)
 
 
 class ArgumentParser(argparse.ArgumentParser):
