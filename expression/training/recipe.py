@@ -184,10 +184,7 @@ class LrSchedule:
             for _ in range(int(state["steps"])):
                 self.step()
         if self.plateau is not None:
-            if state.get("plateau") is not None:
-                self.plateau.load_state_dict(state["plateau"])
-            else:  # a state written by the hand-made schedule of earlier versions
-                self.plateau.best, self.plateau.num_bad_epochs = float(state["best"]), int(state["bad_epochs"])
+            self.plateau.load_state_dict(state["plateau"])
             for group in self.optimizer.param_groups:
                 group["lr"] *= float(state["scale"])  # the cuts so far (1 during warm-up)
 

@@ -64,8 +64,7 @@ class TrainingState:
                              f"another run; resume from another checkpoint or start a new run", option="resume")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("schedule"):  # states written before schedules existed ran at a constant rate
-            self.schedule.load_state_dict(state["schedule"])
+        self.schedule.load_state_dict(state["schedule"])
         if self.ema and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         elif self.ema:  # EMA switched on at resume time: start the average from the resumed weights
@@ -81,7 +80,6 @@ class TrainingState:
         return (f"resuming with {processes} process(es) instead of {len(augment_states)}: "
                 f"augmentation draws will differ from an uninterrupted run")
 
-
     def state_problem(self, state: dict) -> str | None:
         """What in a saved state does not fit this run's model, optimizer and weight average, or None."""
         try:
@@ -90,6 +88,8 @@ class TrainingState:
             return f"malformed field ({type(err).__name__}: {str(err)[:80]})"
 
     def _state_problem(self, state: dict) -> str | None:
+        if not isinstance(state["schedule"], dict):  # every state this project writes has one
+            return "the learning-rate schedule's state is missing"
         mine = self.model.state_dict()
         weights = {"model": state["model"]}
         if self.ema and state.get("ema"):
