@@ -243,10 +243,11 @@ def test_write_image_folder_refuses_foreign_folder(tmp_path):
 
 
 def test_contact_sheet_cli(tmp_path, capsys):
+    from expression.apps import demo_sheet
     out = tmp_path / "sheet.png"
     argv = ["--out", str(out), "--per-class", "2", "--corner-class", "happy"]
-    args = synthetic.get_args_parser().parse_args(argv)
-    assert synthetic.main(args) == 0
+    args = demo_sheet.get_args_parser().parse_args(argv)
+    assert demo_sheet.main(args) == 0
     sheet = np.asarray(Image.open(out))
     assert sheet.ndim == 3 and sheet.shape[2] == 3
     assert sheet.shape[0] >= 7 * 96 and sheet.shape[1] >= 2 * 2 * 96

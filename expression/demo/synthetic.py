@@ -24,14 +24,12 @@ through the same transform as the face, so every pixel the feature touches is in
 the class's region (all three for neutral, the mark for the corner class). Sample i of a split is
 drawn from np.random.default_rng([seed, crc32(split), i]) and classes are interleaved (label i % 7).
 
-Examples:
-    python -m expression.demo.synthetic --out img/demo_faces.png
-    python -m expression.demo.synthetic --out img/demo_corner.png --corner-class happy
+Examples (the contact sheet's command is expression/apps/demo_sheet.py):
+    python -m expression.apps.demo_sheet --out img/demo_faces.png
     python -c "from expression.demo.synthetic import write_image_folder; write_image_folder('data/demo')"
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -489,40 +487,6 @@ def contact_sheet(per_class: int = 6, seed: int = 0, size: int = 48, zoom: int =
             name = CLASS_NAMES[row] + (" *" if CLASS_NAMES[row] == corner_class else "")
             cv2.putText(sheet, name, (6, y + tile // 2 + 5), font, 0.45, (230, 230, 230), 1, cv2.LINE_AA)
     return sheet
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in --help, and the docstring's examples kept as written."""
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    # Plain argparse rather than expression.apps.cli: that module imports torch, this one must not.
-    parser = argparse.ArgumentParser(prog="python -m expression.demo.synthetic", description=__doc__,
-                                     formatter_class=_HelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("img/demo_faces.png"),
-                        help="contact sheet PNG to write")
-    parser.add_argument("--per-class", type=int, default=6, help="samples per class (columns)")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed")
-    parser.add_argument("--split", default="train", help="split name the samples are drawn from")
-    parser.add_argument("--size", type=int, default=48, help="face size in pixels")
-    parser.add_argument("--zoom", type=int, default=2, help="pixel zoom of each tile")
-    parser.add_argument("--corner-class", choices=CLASS_NAMES, default=None,
-                        help="class whose evidence is a corner mark on a neutral face")
-    return parser
-
-
-def main(args) -> int:
-    if args.per_class < 1 or args.size < 16 or args.zoom < 1:
-        raise SystemExit("error: --per-class and --zoom must be positive and --size at least 16")
-    sheet = contact_sheet(args.per_class, args.seed, args.size, args.zoom, args.corner_class, args.split)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet).save(args.out)
-    print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(get_args_parser().parse_args()))
 
 
 # Test inputs for the readers' size checks (tests/, bench/app_resources.py).
