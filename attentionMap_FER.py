@@ -16,9 +16,11 @@ from __future__ import annotations
 import sys
 
 from expression.apps.cli import ArgumentParser, number_in, run_main
+from expression.apps.configs import figure_config
+from expression.apps.explain_cli import add_common_args
 from gradcam import attention_maps
-from expression.reports.explain_figures import Batch, add_common_args, draw_grids, prepare, print_paths, run_batches, \
-    save_maps, summary
+from expression.reports.explain_figures import Batch, draw_grids, prepare, print_paths, run_batches, save_maps, \
+    summary
 
 GRID = "attention_grid"
 
@@ -32,20 +34,21 @@ def get_args_parser() -> ArgumentParser:
 
 
 def main(args) -> int:
-    session = prepare(args)
+    config = figure_config(args)
+    session = prepare(config)
 
     def compute(images, index):
-        att = attention_maps(session.model, images, layers=args.layers, p=args.p)
+        att = attention_maps(session.model, images, layers=config.layers, p=args.p)
         # Keys carry the method like gradcam_FER.py's ("attention/layer4"), so the npz files read alike.
         return Batch({f"attention/{k}": v for k, v in att.maps.items()}, att.probs, att.feature_sizes)
 
-    result = run_batches(compute, session, args.batch_size, "attention")
+    result = run_batches(compute, session, config.batch_size, "attention")
     panels = [(f"attention/{layer}",
                f"{layer} {'x'.join(map(str, result.feature_sizes[layer]))}\nattention p={args.p:g}")
-              for layer in args.layers]
-    paths = draw_grids(session, result, panels, args, GRID)
-    if args.save_maps:
-        paths.append(save_maps(args.save_maps, session, result))
+              for layer in config.layers]
+    paths = draw_grids(session, result, panels, config, GRID)
+    if config.save_maps:
+        paths.append(save_maps(config.save_maps, session, result))
     summary(session, result, f"attention maps (p={args.p:g})")
     print_paths(paths)
     return 0

@@ -24,7 +24,8 @@ Besides method x layer maps, every CAM method's layers fused into one map (layer
 to skip) and the layer-free guidedbackprop / fullgrad maps (layer "input") are scored; the column
 "trusted" says which maps beat both baselines and pass the randomisation check.
 
-The scoring itself is gradcam/evaluation.py (score_explanations), the files expression/reports/explanation_report.py.
+The scoring itself is gradcam/evaluation.py (score_explanations), the files expression/reports/explanation_report.py
+(write_report, with the settings it states in a ReportConfig).
 
 Writes <out>/explanations_report.csv and .md, deletion_insertion.png, randomisation.csv and .png
 (with --sanity), pointing_per_class.csv (with masks) and args.json; out defaults to
@@ -41,14 +42,16 @@ from tqdm import tqdm
 from expression.core.checkpoint import open_model_quietly
 from expression.apps.cli import (add_device_argument, ArgumentParser, name_list, positive_float, positive_int,
                             resolve_device, run_main, UsageError, use_progress_bars)
+from expression.apps.configs import report_config
+from expression.apps.explain_cli import add_input_args
 from expression.core.preprocessing import Preprocessing
-from expression.reports.explain_figures import add_input_args, check_layers, select_images
-from expression.reports.explanation_report import load_masks, write_report
-from expression.core.io import ensure_writable_dir
+from expression.reports.explain_figures import check_layers, select_images
+from expression.reports.explanation_report import ReportConfig, load_masks, write_report
+from expression.core.io import ensure_writable_dir, write_json
 from expression.core.tta import TTA_MODES, tta_geometry
 from gradcam import METHODS
 from gradcam.evaluation import progress_total, score_explanations
-from gradcam.metrics import BASELINES, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, POINTING_TIES
+from gradcam.metrics import BASELINES, POINTING_TIES
 
 # Score-CAM and Ablation-CAM need one extra forward pass per channel and image (960 per face over the
 # four stages, and again for every stage of the sanity check): available with --methods, left out of
@@ -83,29 +86,29 @@ def get_args_parser() -> ArgumentParser:
                         help="also score the maps averaged over the classifier's test-time-augmentation views "
                              "(flip, tencrop; each view's map mapped back to the face), as method@mode; "
                              "'none' = off. Costs a pass per view, also in the sanity check")
-    parser.add_argument("--target", choices=("predicted", "true"), default="predicted",
+    parser.add_argument("--target", choices=("predicted", "true"), default=ReportConfig.target,
                         help="class to explain and score: the predicted one or the true label (needs class "
                              "sub-folders). The pointing game always uses only images whose target is the "
                              "true class")
-    parser.add_argument("--baseline", choices=BASELINES, default="blur",
+    parser.add_argument("--baseline", choices=BASELINES, default=ReportConfig.baseline,
                         help="what deleted pixels become: the blurred image, black pixels, or the "
                              "checkpoint's normalisation mean")
-    parser.add_argument("--blur-sigma", type=positive_float, default=DEFAULT_BLUR_SIGMA,
+    parser.add_argument("--blur-sigma", type=positive_float, default=ReportConfig.blur_sigma,
                         help="Gaussian sigma in pixels of the blur baseline")
-    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
+    parser.add_argument("--steps", type=positive_int, default=ReportConfig.steps,
                         help="deletion/insertion steps of equal pixel counts")
-    parser.add_argument("--sanity", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--sanity", action=argparse.BooleanOptionalAction, default=ReportConfig.sanity,
                         help="cascading model-randomisation check (one extra explain pass per model stage)")
     parser.add_argument("--road", action=argparse.BooleanOptionalAction, default=False,
                         help="ROAD MoRF/LeRF at 10..90%% removed with noisy linear imputation; off by default "
                              "(about as costly as deletion/insertion again; fast on a GPU)")
-    parser.add_argument("--pointing-ties", choices=POINTING_TIES, default="any",
+    parser.add_argument("--pointing-ties", choices=POINTING_TIES, default=ReportConfig.pointing_ties,
                         help="pointing game when several pixels share the map's maximum (coarse maps): a hit if "
                              "any is inside the evidence mask, or the share of them inside")
     parser.add_argument("--masks", default=None, metavar="FILE.npz",
                         help="evidence masks (keys files, evidence) with files relative to the npz's folder "
                              "(default: masks_*.npz found in a parent folder of the images, as "
-                             "expression.demo.synthetic writes them)")
+                             "expression.demo.synthetic's write_image_folder writes them)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random baseline map, ROAD noise and "
                                                              "the re-initialised weights")
     parser.add_argument("--out", default=None,
@@ -130,7 +133,7 @@ def main(args) -> int:
     class_index = {name: i for i, name in enumerate(class_names)}
     out_dir = ensure_writable_dir(args.out or Path("runs") / "explain_eval" / checkpoint.stem, "--out")
 
-    args.images_used, kept = select_images(args.images, ckpt, args.limit)
+    images_used, kept = select_images(args.images, ckpt, args.limit)
     files = [e.path for e, _ in kept]
     labels = [class_index.get(e.label, -1) for e, _ in kept]
     if args.target == "true" and min(labels) < 0:
@@ -158,8 +161,13 @@ def main(args) -> int:
         raise UsageError(str(err).splitlines()[0]) from None
     finally:
         bar.close()
-    paths, table = write_report(out_dir, args, checkpoint, scores, masks, has_mask, corner, class_names,
-                                prep.img_size)
+    paths, table = write_report(out_dir, report_config(args), checkpoint, images_used, scores, masks, has_mask,
+                                corner, class_names, prep.img_size)
+    # the run's record: every flag as given (lists for tuples, for JSON), the images and model it resolved to
+    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+    record.update(checkpoint=str(checkpoint), images_used=images_used)
+    paths.append(out_dir / "args.json")
+    write_json(paths[-1], record)
     if not args.quiet:
         print(table)
     for path in paths:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import sys
 
 from expression.apps.cli import ArgumentParser, UsageError, name_list, run_main
+from expression.apps.configs import figure_config
+from expression.apps.explain_cli import add_common_args
 from expression.core.cam_policy import TRUSTED_MAPS
 from gradcam import METHODS, explain, map_keys
-from expression.reports.explain_figures import Batch, add_common_args, draw_grids, prepare, print_paths, \
-    resolve_targets, run_batches, save_maps, summary
+from expression.reports.explain_figures import Batch, draw_grids, prepare, print_paths, resolve_targets, \
+    run_batches, save_maps, summary
 
 GRID = "gradcam_grid"
 
@@ -42,26 +44,27 @@ def main(args) -> int:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
-    session = prepare(args)
+    config = figure_config(args)
+    session = prepare(config)
     targets = resolve_targets(args.target, session)
 
     def compute(images, index):
-        res = explain(session.model, images, layers=args.layers, methods=args.methods,
+        res = explain(session.model, images, layers=config.layers, methods=args.methods,
                       targets=None if targets is None else [targets[i] for i in index],
-                      class_names=session.class_names, scorecam_batch_size=args.batch_size)
+                      class_names=session.class_names, scorecam_batch_size=config.batch_size)
         return Batch(res.maps, res.probs, res.feature_sizes, res.targets)
 
-    result = run_batches(compute, session, args.batch_size, "grad-cam")
+    result = run_batches(compute, session, config.batch_size, "grad-cam")
     # Methods side by side per layer, so the eye compares Grad-CAM with Grad-CAM++ at equal resolution.
     # A tick marks the maps the explanation report trusts at this input size (TRUSTED_MAPS).
     trusted = TRUSTED_MAPS.get(session.prep.img_size, ())
-    keys = map_keys(args.methods, args.layers)
+    keys = map_keys(args.methods, config.layers)
     panels = [(key, f"{layer} {size_text(result.feature_sizes, layer)}\n{method}"
                     f"{' ✓' if (method, layer) in trusted else ''}")
               for key in keys for method, layer in [key.split("/", 1)]]
-    paths = draw_grids(session, result, panels, args, GRID)
-    if args.save_maps:
-        paths.append(save_maps(args.save_maps, session, result))
+    paths = draw_grids(session, result, panels, config, GRID)
+    if config.save_maps:
+        paths.append(save_maps(config.save_maps, session, result))
     summary(session, result, f"explained ({', '.join(args.methods)}; target {args.target})")
     print_paths(paths)
     return 0

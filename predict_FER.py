@@ -23,8 +23,8 @@ Writes to --out:
                                keeps its length.
   summary.json                 counts per label, files without faces, unreadable files, timing.
 Unreadable files are listed and skipped; the exit code is 2 only when nothing could be processed.
-The pipeline itself is expression/inference/pipeline.py; its Python API, FacePredictor, is in
-expression/inference/classifier.py.
+The pipeline itself is expression/inference/pipeline.py (its settings: PredictConfig); its Python API,
+FacePredictor, is in expression/inference/classifier.py.
 """
 from __future__ import annotations
 
@@ -35,18 +35,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from expression.core.checkpoint import open_model
+from expression.apps.configs import predict_config
 from expression.apps.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, non_negative_int,
                             number_in, positive_int, resolve_device, run_main, UsageError, use_progress_bars)
-from expression.inference.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
+from expression.inference.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MIN_FACE,
                               DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector)
 from expression.core.io import WriteError, ensure_writable_dir, write_json
 from expression.core.cam_policy import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD
 from expression.inference.classifier import DEFAULT_FACE_TTA, FACE_TTA, Classifier
 from expression.inference.sources import OutputNames, find_sources
-from expression.inference.pipeline import Predictor, Stats, process_all
+from expression.inference.pipeline import MAX_MARGIN, PredictConfig, Predictor, Stats, process_all
 from expression.inference.outputs import RecordWriter
-
-MAX_MARGIN = 2.0  # a margin of 2 face widths on every side already makes a crop 5x the face
 
 
 def get_args_parser() -> ArgumentParser:
@@ -67,7 +66,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--detect-max-side", type=non_negative_int, default=DEFAULT_DETECT_MAX_SIDE,
                         help="larger images are downscaled to this longer side for detection, boxes are "
                              "mapped back (0 = scan at full size: slower, finds smaller faces)")
-    parser.add_argument("--margin", type=number_in(0.0, MAX_MARGIN), default=DEFAULT_MARGIN,
+    parser.add_argument("--margin", type=number_in(0.0, MAX_MARGIN), default=PredictConfig.margin,
                         help="context added on each side of a face box before classification, as a fraction "
                              "of the box (FER2013 crops show brow to chin)")
     parser.add_argument("--cam", nargs="?", default="none", const=DEFAULT_CAM_METHOD, choices=CAMS,
@@ -81,9 +80,10 @@ def get_args_parser() -> ArgumentParser:
                         help="flip: average each face's probabilities with its mirror image's (+0.7 points on "
                              "FER2013 PublicTest for the shipped model); none: the plain face only. A heat map "
                              "always explains the plain face")
-    parser.add_argument("--every", type=positive_int, default=1,
+    parser.add_argument("--every", type=positive_int, default=PredictConfig.every,
                         help="process every N-th video (or webcam) frame")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="faces per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=PredictConfig.batch_size,
+                        help="faces per forward pass")
     parser.add_argument("--out", default="runs/predict", help="output folder")
     parser.add_argument("--format", default="jsonl", choices=("jsonl", "csv"), help="records file format")
     parser.add_argument("--no-annotate", action="store_true",
@@ -123,7 +123,7 @@ def main(args) -> int:
     records_path = out_dir / f"predictions.{args.format}"
     try:
         with RecordWriter(records_path, args.format, classifier.class_names) as writer:
-            predictor = Predictor(args, detector, classifier, writer, out_dir, stats, note)
+            predictor = Predictor(predict_config(args), detector, classifier, writer, out_dir, stats, note)
             process_all(predictor, sources, OutputNames(), progress, webcam=args.webcam)
             writer.discard = stats.images + stats.frames == 0  # never replace old records by an empty file
     except WriteError as err:  # disk full, permissions changed under us: the file at fault is named

@@ -35,7 +35,6 @@ import torch
 from PIL import Image
 
 
-import predict_FER
 from expression.inference import drawing
 from expression.core.cam_policy import CAMS
 from expression.inference import classifier as face_classifier, pipeline, sources
@@ -188,17 +187,17 @@ def main(args) -> int:
         write_clip(clip, args.frames, args.video_size)
         video_rows = []
         for cam in ("none", args.cam):
-            # predict_FER's own video path with the model already loaded: start-up is not a per-frame cost
-            argv = [str(clip), "--out", str(tmp / f"out_{cam}"), "--cam", cam, "--quiet"]
-            run_args = predict_FER.get_args_parser().parse_args(argv)
+            # predict_FER's own video path, with its default settings and the model already loaded:
+            # start-up is not a per-frame cost
+            out = tmp / f"out_{cam}"
             classifier = face_classifier.Classifier(model, ckpt, device, cam)
             stats = pipeline.Stats()
-            Path(run_args.out).mkdir()
+            out.mkdir()
             start = time.perf_counter()
-            with prediction_outputs.RecordWriter(Path(run_args.out) / "predictions.jsonl", "jsonl",
-                                          classifier.class_names) as writer:
-                predictor = pipeline.Predictor(run_args, detector, classifier, writer, Path(run_args.out),
-                                                  stats, note=lambda message: None)
+            with prediction_outputs.RecordWriter(out / "predictions.jsonl", "jsonl",
+                                                 classifier.class_names) as writer:
+                predictor = pipeline.Predictor(pipeline.PredictConfig(), detector, classifier, writer, out,
+                                               stats, note=lambda message: None)
                 pipeline.process_video(sources.Source(str(clip), "video"), predictor,
                                           sources.OutputNames(), progress=False)
             video_rows.append((cam, stats.frames / (time.perf_counter() - start), stats.faces))

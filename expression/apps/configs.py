@@ -8,10 +8,48 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expression.core.errors import UsageError
 from expression.training.config import ARCH, TrainConfig
 from expression.training.recipe import RECIPES
+
+if TYPE_CHECKING:
+    from expression.inference.pipeline import PredictConfig
+    from expression.reports.explain_figures import FigureConfig
+    from expression.reports.explanation_report import ReportConfig
+
+# ---------------------------------------------------------------------------------------------------
+# Prediction and reports (predict_FER.py, gradcam_FER.py, attentionMap_FER.py, evaluate_explanations.py)
+#
+# Each of these imports its library when called, so a script loads only its own layer: predict_FER.py
+# would otherwise pull in matplotlib with the reports' configs.
+
+
+def predict_config(args: argparse.Namespace) -> PredictConfig:
+    """predict_FER.py's flags -> what its pipeline (expression.inference.pipeline.Predictor) reads."""
+    from expression.inference.pipeline import PredictConfig
+    return PredictConfig(margin=args.margin, batch_size=args.batch_size, every=args.every,
+                         annotate=not args.no_annotate)
+
+
+def figure_config(args: argparse.Namespace) -> FigureConfig:
+    """gradcam_FER.py's and attentionMap_FER.py's shared flags -> expression.reports.explain_figures'
+    config (the scripts' own flags, --methods, --target and --p, they read themselves)."""
+    from expression.reports.explain_figures import FigureConfig
+    return FigureConfig(checkpoint=args.checkpoint, images=None if args.images is None else tuple(args.images),
+                        layers=tuple(args.layers), limit=args.limit, batch_size=args.batch_size, out=args.out,
+                        save_maps=args.save_maps, rows_per_file=args.rows_per_file, colormap=args.colormap,
+                        alpha=args.alpha, device=args.device, quiet=args.quiet)
+
+
+def report_config(args: argparse.Namespace) -> ReportConfig:
+    """evaluate_explanations.py's flags -> what its report (expression.reports.explanation_report) states."""
+    from expression.reports.explanation_report import ReportConfig
+    return ReportConfig(layers=tuple(args.layers), target=args.target, baseline=args.baseline,
+                        blur_sigma=args.blur_sigma, steps=args.steps, pointing_ties=args.pointing_ties,
+                        sanity=args.sanity)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Training (train_resnet34.py)

@@ -1,6 +1,10 @@
 """predict_FER.py's pipeline: pictures, videos and a webcam -> faces -> batched classification ->
 annotated copies and one record per face (drawing in `inference.drawing`, files in `inference.outputs`).
 Pictures are held until a batch is full, so the model sees batches across files.
+
+    config = PredictConfig(batch_size=32, every=5)     # predict_FER.py --batch-size 32 --every 5
+    predictor = Predictor(config, detector, classifier, writer, out_dir, Stats(), note=print)
+    process_all(predictor, find_sources(["clip.mp4"], out_dir)[0], OutputNames(), progress=False)
 """
 from __future__ import annotations
 
@@ -15,16 +19,37 @@ from tqdm import tqdm
 from expression.core.errors import InputError
 from expression.core.preprocessing import UnreadableImage, load_pil
 from expression.inference.drawing import annotate
-from expression.inference.faces import image_to_rgb
+from expression.inference.faces import DEFAULT_MARGIN, image_to_rgb
 from expression.inference.classifier import NO_FACE, Item, analyse, classify, records
 from expression.inference.outputs import ImageSink, VideoSink
 from expression.inference.sources import OutputNames, Source
 
 PENDING_PIXELS = 64_000_000  # images held for annotation before a batch is forced (~190 MB RGB)
+MAX_MARGIN = 2.0  # a margin of 2 face widths on every side already makes a crop 5x the face
 
 
 # ---------------------------------------------------------------------------------------------------
 # A run over many files: batching across images, stats, sinks
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How a run batches faces and frames and what it writes: predict_FER.py's flags of the same names
+    (annotate is --no-annotate turned round), whose defaults these are."""
+
+    margin: float = DEFAULT_MARGIN  # context added on each side of a face box, as a fraction of the box
+    batch_size: int = 64            # faces per forward pass
+    every: int = 1                  # classify every n-th video or webcam frame
+    annotate: bool = True           # write annotated copies beside the records
+
+    def __post_init__(self):
+        # the flags' types guard the command line; a config built in Python meets these checks instead
+        for name in ("batch_size", "every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}", option=name)
+        # unbounded, a margin once asked OpenCV for a 113 GB image
+        if not 0 <= self.margin <= MAX_MARGIN:  # also nan
+            raise InputError(f"margin must be from 0 to {MAX_MARGIN:g}, got {self.margin}", option="margin")
 
 
 @dataclass
@@ -53,23 +78,22 @@ class Stats:
 class Predictor:
     """Holds analysed items until a batch is full, then classifies, writes records and annotations."""
 
-    def __init__(self, args, detector, classifier, writer, out_dir, stats, note):
-        self.args, self.detector, self.classifier, self.writer = args, detector, classifier, writer
+    def __init__(self, config: PredictConfig, detector, classifier, writer, out_dir, stats, note):
+        self.config, self.detector, self.classifier, self.writer = config, detector, classifier, writer
         self.out_dir, self.stats, self.note = out_dir, stats, note
-        self.annotate = not args.no_annotate
         self.pending: list[Item] = []
 
     def add(self, image: np.ndarray, **fields) -> None:
-        item = analyse(image, self.detector, self.args.margin, self.annotate, **fields)
+        item = analyse(image, self.detector, self.config.margin, self.config.annotate, **fields)
         self.pending.append(item)
         faces = sum(len(i.crops) for i in self.pending)
-        if faces >= self.args.batch_size or sum(i.pixels for i in self.pending) >= PENDING_PIXELS:
+        if faces >= self.config.batch_size or sum(i.pixels for i in self.pending) >= PENDING_PIXELS:
             self.flush()
 
     def now(self, image: np.ndarray, **fields) -> Item:
         """Analyse and classify one picture at once (webcam: latency over throughput)."""
         self.flush()
-        item = analyse(image, self.detector, self.args.margin, True, **fields)
+        item = analyse(image, self.detector, self.config.margin, True, **fields)
         self.pending.append(item)
         self.flush()
         return item
@@ -100,7 +124,7 @@ class Predictor:
 def process_image(source: Source, predictor: Predictor, names: OutputNames) -> None:
     image = image_to_rgb(load_pil(source.path))
     sink = annotated = None
-    if predictor.annotate:
+    if predictor.config.annotate:
         annotated = names(source.path, ".jpg")
         sink = ImageSink(predictor.out_dir / annotated)
     predictor.add(image, source=source.path, frame=None, true_label=source.label, annotated=annotated,
@@ -114,11 +138,11 @@ def process_video(source: Source, predictor: Predictor, names: OutputNames, prog
     if not ok:
         capture.release()
         raise UnreadableImage(f"{source.path}: OpenCV cannot decode it as a video")
-    every = predictor.args.every
+    every = predictor.config.every
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     sink = annotated = None
-    if predictor.annotate:
+    if predictor.config.annotate:
         annotated = names(source.path, ".mp4")
         sink = VideoSink(predictor.out_dir / annotated, max(fps / every, 1.0))
     keep = False  # whether the annotated MP4 is moved into place
@@ -171,7 +195,7 @@ def run_webcam(index: int, predictor: Predictor) -> None:
             if not ok:
                 break
             rgb = np.ascontiguousarray(frame[:, :, ::-1])
-            if frame_no % predictor.args.every == 0 or last is None:
+            if frame_no % predictor.config.every == 0 or last is None:
                 last = predictor.now(rgb, source=f"webcam:{index}", frame=frame_no)
                 predictor.stats.frames += 1
             else:  # frames in between show the last result on the new picture

@@ -1,12 +1,14 @@
-"""What gradcam_FER.py and attentionMap_FER.py share: flags, image loading, batching, grids, npz files.
+"""What gradcam_FER.py and attentionMap_FER.py share: image loading, batching, grids, npz files.
 
 Both scripts explain a checkpoint on a handful of faces and differ only in the maps they compute, so
-everything else lives here once (a second copy of the image loader or the grid code would drift):
+everything else lives here once (a second copy of the image loader or the grid code would drift).
+Their flags are declared in expression/apps/explain_cli.py; what they set arrives as a FigureConfig:
 
-    session = prepare(args)                    # checkpoint, preprocessing, images, output folder
-    result = run_batches(compute, session, args.batch_size, "grad-cam")
-    paths = draw_grids(session, result, panels, args, "gradcam_grid")
-    save_maps(args.save_maps, session, result)
+    config = FigureConfig(checkpoint="models/resnet34_demo.pt", images=("data/demo/test",), device="cpu")
+    session = prepare(config)                  # checkpoint, preprocessing, images, output folder
+    result = run_batches(compute, session, config.batch_size, "grad-cam")
+    paths = draw_grids(session, result, panels, config, "gradcam_grid")
+    save_maps(config.save_maps, session, result)
 """
 from __future__ import annotations
 
@@ -27,11 +29,11 @@ from gradcam.base import resolve_layers
 from gradcam.overlay import overlay
 
 from expression.core.checkpoint import open_model_quietly
-from expression.apps.cli import (add_checkpoint_argument, add_device_argument, name_list, non_negative_int, positive_int,
-                  resolve_device, unit_float, UsageError, use_progress_bars)
+from expression.core.errors import InputError, UsageError
 from expression.core.preprocessing import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, load_pil
 from expression.core.datasets import find_images
 from expression.core.io import atomic_path, ensure_writable_dir
+from expression.core.runtime import resolve_device, use_progress_bars
 
 # The seed explained all four ResNet34 stages. At 48 px input their feature maps are layer1 12x12,
 # layer2 6x6, layer3 3x3 and layer4 2x2 (strides 4, 8, 16, 32): deep-layer maps are coarse by design,
@@ -41,49 +43,31 @@ DEFAULT_LIMIT = 16  # a grid of a whole test set (7,178 FER2013 faces) is unread
 ROWS_PER_FILE = 8   # more rows than this go to further numbered grid files
 
 
-# ---------------------------------------------------------------------------------------------------
-# Command line
+@dataclass(frozen=True)
+class FigureConfig:
+    """What the figure scripts explain and how their grids look. Each field is the flag of the same name
+    (gradcam_FER.py, attentionMap_FER.py), and its default is the flag's default."""
 
+    checkpoint: str | Path | None = None  # None: the newest models/*.pt, else the shipped model (choose_model)
+    images: tuple[str, ...] | None = None  # files, folders or globs; None: default_images(the checkpoint)
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    limit: int = DEFAULT_LIMIT            # images explained at most; 0 = all
+    batch_size: int = 64
+    out: str | Path | None = None         # None: runs/explain/<checkpoint name>/
+    save_maps: str | Path | None = None   # the raw maps' .npz; None: not written
+    rows_per_file: int = ROWS_PER_FILE
+    colormap: str = "jet"
+    alpha: float = 0.5                    # opacity of the heat overlay
+    device: str = "auto"                  # cpu, cuda, mps or auto (core.runtime.resolve_device)
+    quiet: bool = False                   # no progress bar (there is one only on a terminal) or summary line
 
-def add_input_args(parser, *, verb: str = "explain", limit: int = DEFAULT_LIMIT,
-                   batch_help: str = "images per forward/backward pass (and per Score-CAM masking pass)"):
-    """What every explanation script reads: the model, the images, the layers, how many and how fast."""
-    add_checkpoint_argument(parser)
-    parser.add_argument("--images", nargs="+", default=None, metavar="PATH",
-                        help="image files, folders or globs; any size, grayscale/RGB/RGBA. A folder of class "
-                             "sub-folders (like data/fer2013/test) gives true labels (default: the checkpoint's "
-                             "test folder if it exists here, else data/demo/test for a --demo checkpoint, else "
-                             "data/fer2013/test)")
-    parser.add_argument("--layers", type=name_list, default=",".join(DEFAULT_LAYERS), metavar="L1,L2",
-                        help="comma-separated module names to explain; the seed's four ResNet stages by "
-                             "default (at 48 px: layer1 12x12 ... layer4 2x2)")
-    parser.add_argument("--limit", type=non_negative_int, default=limit,
-                        help=f"{verb} at most this many images, taken round-robin over classes when labels "
-                             f"are known (0 = all)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help=batch_help)
-    return parser
-
-
-def add_common_args(parser, *, grid_name: str, target: bool = True):
-    """The flags both figure scripts (gradcam_FER.py, attentionMap_FER.py) take."""
-    add_input_args(parser)
-    if target:
-        parser.add_argument("--target", default="predicted", metavar="{predicted,true,CLASS}",
-                            help="class to explain: the predicted one, the true label (needs class "
-                                 "sub-folders), or a class name such as happy")
-    parser.add_argument("--out", default=None,
-                        help=f"output folder for {grid_name}.png (default: runs/explain/<checkpoint name>/)"
-                            )
-    parser.add_argument("--save-maps", default=None, metavar="FILE.npz",
-                        help="also write the raw maps, float32 (N, H, W) at input resolution, with files, "
-                             "predictions and probabilities (default: not written)")
-    parser.add_argument("--rows-per-file", type=positive_int, default=ROWS_PER_FILE,
-                        help="images per grid PNG; more images go to numbered files")
-    parser.add_argument("--colormap", default="jet", help="colormap of the heat overlay")
-    parser.add_argument("--alpha", type=unit_float, default=0.5, help="opacity of the heat overlay")
-    add_device_argument(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary line, only the paths written")
-    return parser
+    def __post_init__(self):
+        # the flags' types guard the command line; a config built in Python meets these checks instead
+        for name in ("batch_size", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}", option=name)
+        if self.limit < 0:
+            raise InputError(f"limit must be 0 (all) or more, got {self.limit}", option="limit")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -194,28 +178,29 @@ def select_images(specs, ckpt: dict, limit: int):
     return specs, load_images(balanced_order(entries, list(ckpt["class_names"])), limit)
 
 
-def prepare(args) -> Session:
-    """Load the checkpoint, check the flags against it, pick and decode the images, make --out."""
-    check_overlay(args.colormap, args.alpha)
-    device = resolve_device(args.device)
+def prepare(config: FigureConfig) -> Session:
+    """Load the checkpoint, check the config against it, pick and decode the images, make the output folder."""
+    check_overlay(config.colormap, config.alpha)
+    device = resolve_device(config.device)
     # The user's own pictures never meet a demo-face model by default (see choose_model).
-    model, ckpt, path, model_line = open_model_quietly(args.checkpoint, device, real_photos=args.images is not None)
-    check_layers(model, args.layers)
+    model, ckpt, path, model_line = open_model_quietly(config.checkpoint, device,
+                                                       real_photos=config.images is not None)
+    check_layers(model, config.layers)
     class_names = list(ckpt["class_names"])
-    out_dir = ensure_writable_dir(args.out or Path("runs") / "explain" / path.stem, "--out")
-    if args.save_maps:
-        if Path(args.save_maps).is_dir():
-            raise UsageError(f"--save-maps {args.save_maps} is a folder: give a file name such as "
-                             f"{Path(args.save_maps) / 'maps.npz'}")
-        ensure_writable_dir(Path(args.save_maps).parent, "--save-maps")
+    out_dir = ensure_writable_dir(config.out or Path("runs") / "explain" / path.stem, "--out")
+    if config.save_maps:
+        maps = Path(config.save_maps)
+        if maps.is_dir():
+            raise UsageError(f"--save-maps {maps} is a folder: give a file name such as {maps / 'maps.npz'}")
+        ensure_writable_dir(maps.parent, "--save-maps")
 
-    _, kept = select_images(args.images, ckpt, args.limit)
+    _, kept = select_images(config.images, ckpt, config.limit)
     print(model_line, file=sys.stderr, flush=True)  # after the checks: an error stays the only line
     prep = Preprocessing.from_checkpoint(ckpt)
     return Session(model=model, ckpt=ckpt, checkpoint=path, prep=prep, class_names=class_names, device=device,
                    files=[e.path for e, _ in kept], labels=[e.label for e, _ in kept],
                    pixels=[prep.pixels(img) for _, img in kept], out_dir=out_dir,
-                   progress=use_progress_bars(args.quiet), quiet=args.quiet)
+                   progress=use_progress_bars(config.quiet), quiet=config.quiet)
 
 
 def resolve_targets(spec: str, session: Session) -> list[int] | None:
@@ -307,19 +292,19 @@ def colormap_of_overlay(colormap: str) -> ListedColormap:
     return ListedColormap(colours[0].astype(np.float32) / 255.0)
 
 
-def draw_grids(session: Session, result: Result, panels, args, name: str) -> list[Path]:
+def draw_grids(session: Session, result: Result, panels, config: FigureConfig, name: str) -> list[Path]:
     """One row per image: its file name, true and predicted label, the input face, then one overlay per
     (key, title) panel, the titles once above the columns and one colour bar on the right.
 
-    Writes <out>/<name>.png, or <name>_001.png, _002.png, ... when there are more than --rows-per-file
-    images; grids of that name left from an earlier, differently split run are removed.
+    Writes <out>/<name>.png, or <name>_001.png, _002.png, ... when there are more than
+    config.rows_per_file images; grids of that name left from an earlier, differently split run are removed.
     """
-    n, rows = len(session.files), args.rows_per_file
+    n, rows = len(session.files), config.rows_per_file
     chunks = [range(s, min(s + rows, n)) for s in range(0, n, rows)]
     paths = [session.out_dir / (f"{name}.png" if len(chunks) == 1 else f"{name}_{i + 1:03d}.png")
              for i in range(len(chunks))]
     for chunk, path in zip(chunks, paths):
-        fig = _grid_figure(session, result, panels, args, chunk)
+        fig = _grid_figure(session, result, panels, config, chunk)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=fig.dpi)
     stale = re.compile(rf"{re.escape(name)}(_\d{{3}})?\.png")
@@ -337,7 +322,7 @@ CAPTION_PX = 132   # text column left of each row: file name, true label, predic
 GAP_PX, MARGIN_PX, HEADER_PX, COLORBAR_PX = 6, 10, 34, 70
 
 
-def _grid_figure(session: Session, result: Result, panels, args, chunk) -> Figure:
+def _grid_figure(session: Session, result: Result, panels, config: FigureConfig, chunk) -> Figure:
     size = session.prep.img_size
     scale = max(1, -(-PANEL_PX // size))  # integer upscaling only, so no pixel is blurred or dropped
     panel = size * scale
@@ -361,7 +346,7 @@ def _grid_figure(session: Session, result: Result, panels, args, chunk) -> Figur
         y = MARGIN_PX + HEADER_PX + row * (panel + GAP_PX)
         face = session.pixels[i]
         tiles = [np.repeat(face[..., None], 3, axis=2) if face.ndim == 2 else face]
-        tiles += [overlay(face, result.maps[key][i], colormap=args.colormap, alpha=args.alpha) for key, _ in panels]
+        tiles += [overlay(face, result.maps[key][i], colormap=config.colormap, alpha=config.alpha) for key, _ in panels]
         for col, tile in enumerate(tiles):
             x = left + col * (panel + GAP_PX)
             canvas[y:y + panel, x:x + panel] = tile.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -381,7 +366,7 @@ def _grid_figure(session: Session, result: Result, panels, args, chunk) -> Figur
     top = MARGIN_PX + HEADER_PX
     bar_h = min(height - top - MARGIN_PX, 3 * panel)
     cax = fig.add_axes([(width - COLORBAR_PX + 8) / width, 1 - (top + bar_h) / height, 14 / width, bar_h / height])
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormap_of_overlay(args.colormap)), cax=cax)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormap_of_overlay(config.colormap)), cax=cax)
     bar.set_label("relevance (each map 0-1)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return fig

@@ -1,11 +1,16 @@
 """What evaluate_explanations.py reads and writes: the demo's evidence masks, the CSV and Markdown
-report, and the deletion/insertion and randomisation plots."""
+report, and the deletion/insertion and randomisation plots.
+
+    paths, table = write_report(out_dir, ReportConfig(layers=("layer4",), steps=2), checkpoint,
+                                ["data/demo/test"], scores, masks, has_mask, corner, class_names, img_size)
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +18,26 @@ import torch
 import torch.nn.functional as F
 
 from gradcam.evaluation import COLUMNS, SANITY_MAX_RHO, ExplanationScores, nanmean, split_key
-from gradcam.metrics import BASELINE_MAPS, step_counts
+from gradcam.metrics import BASELINE_MAPS, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, step_counts
 
-from expression.apps.cli import UsageError
-from expression.core.errors import reason
-from expression.core.io import write_json, write_text
+from expression.core.errors import UsageError, reason
+from expression.core.io import write_text
 from expression.core.report import save_figure
+from expression.reports.explain_figures import DEFAULT_LAYERS
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """How the scores in a report were made, which the report states and plots. Each field is the
+    evaluate_explanations.py flag of the same name, and its default is the flag's default."""
+
+    layers: tuple[str, ...] = DEFAULT_LAYERS  # the layers scored (the plots' rows)
+    target: str = "predicted"                 # predicted or true: the class each map explains
+    baseline: str = "blur"                    # what deleted pixels become (gradcam.metrics.BASELINES)
+    blur_sigma: float = DEFAULT_BLUR_SIGMA    # px, for the blur baseline
+    steps: int = DEFAULT_STEPS                # deletion/insertion steps
+    pointing_ties: str = "any"                # gradcam.metrics.POINTING_TIES
+    sanity: bool = True                       # whether the randomisation check was run
 
 
 def find_mask_files(files, explicit=None) -> list[Path]:
@@ -102,8 +121,8 @@ def markdown_table(columns, rows, titles=None) -> str:
     return "\n".join([head, rule, *body])
 
 
-def write_markdown(path, args, checkpoint, n, columns, rows, per_class_rows, cascade_rows, chance, corner,
-                   accuracy) -> tuple[str, str]:
+def write_markdown(path, config: ReportConfig, checkpoint, images, n, columns, rows, per_class_rows, cascade_rows,
+                   chance, corner, accuracy) -> tuple[str, str]:
     """Write the report; returns (whole text, summary table)."""
     arrows = {c: f"{title} {'↓' if better == 'lower' else '↑'}" for c, title, better in COLUMNS}
     if corner:
@@ -116,9 +135,9 @@ def write_markdown(path, args, checkpoint, n, columns, rows, per_class_rows, cas
     lines = [
         f"# Explanation quality: {Path(checkpoint).name}",
         "",
-        f"{n} images ({', '.join(map(str, args.images_used))}), target: {args.target}"
-        + (f", {accuracy}" if accuracy else "") + f"; deletion/insertion baseline: {args.baseline}"
-        + (f" (sigma {args.blur_sigma:g} px)" if args.baseline == "blur" else "") + f", {args.steps} steps.",
+        f"{n} images ({', '.join(map(str, images))}), target: {config.target}"
+        + (f", {accuracy}" if accuracy else "") + f"; deletion/insertion baseline: {config.baseline}"
+        + (f" (sigma {config.blur_sigma:g} px)" if config.baseline == "blur" else "") + f", {config.steps} steps.",
         "",
         summary,
         "",
@@ -127,7 +146,7 @@ def write_markdown(path, args, checkpoint, n, columns, rows, per_class_rows, cas
         "usually are. Deletion/insertion AUC integrate the target-class probability over the fraction of pixels "
         "removed/revealed (RISE). Average drop and increase in confidence use image x map in pixel space "
         "(Grad-CAM++). Pointing: does the map's maximum fall inside the evidence mask (ties: "
-        + ("any maximal pixel inside counts" if args.pointing_ties == "any" else "share of the maximal pixels inside")
+        + ("any maximal pixel inside counts" if config.pointing_ties == "any" else "share of the maximal pixels inside")
         + "; a constant map scores chance), counted only on images whose explained class is the true class; energy "
         "pointing: share of the map's mass inside the mask. rand. rho: Spearman correlation between the trained "
         "model's map and the map after re-initialising the top stage only / the explained layer and everything above it (Adebayo et al. "
@@ -223,9 +242,11 @@ def plot_cascade(path, cascade_rows, layers, stages) -> None:
     save_figure(fig, path, dpi=110)
 
 
-def write_report(out_dir: Path, args, checkpoint, scores: ExplanationScores, masks, has_mask, corner, class_names,
-                 img_size: int) -> tuple[list[Path], str]:
-    """Every file of evaluate_explanations.py's report -> (paths written, the Markdown summary table)."""
+def write_report(out_dir: Path, config: ReportConfig, checkpoint, images, scores: ExplanationScores, masks, has_mask,
+                 corner, class_names, img_size: int) -> tuple[list[Path], str]:
+    """Every file of evaluate_explanations.py's report but the record of its flags, which the script
+    writes -> (paths written, the Markdown summary table). `images`: what was evaluated, as given
+    (folders, globs), for the report's first line."""
     class_index = {name: i for i, name in enumerate(class_names)}
     columns, rows = scores.summary_rows(corner, class_index.get(corner, -1))
     paths = [out_dir / "explanations_report.csv"]
@@ -238,9 +259,9 @@ def write_report(out_dir: Path, args, checkpoint, scores: ExplanationScores, mas
                   per_class_rows)
 
     # the layers as given, then "input" (pixel methods) and "fused" when present
-    plot_layers = list(dict.fromkeys([*args.layers, *(split_key(k)[1] for k in scores.keys if "/" in k)]))
+    plot_layers = list(dict.fromkeys([*config.layers, *(split_key(k)[1] for k in scores.keys if "/" in k)]))
     cascade_rows = scores.cascade_rows()
-    if args.sanity:
+    if config.sanity:
         paths.append(out_dir / "randomisation.csv")
         write_csv(paths[-1], ["method", "layer", "step", "stage", "randomised", "spearman"], cascade_rows)
         paths.append(out_dir / "randomisation.png")
@@ -250,15 +271,10 @@ def write_report(out_dir: Path, args, checkpoint, scores: ExplanationScores, mas
     targets, label_arr = scores.targets, scores.labels
     known = label_arr >= 0
     accuracy = f"{int((targets[known] == label_arr[known]).sum())}/{int(known.sum())} labelled images predicted " \
-               f"correctly" if known.any() and args.target == "predicted" else ""
+               f"correctly" if known.any() and config.target == "predicted" else ""
     paths.insert(1, out_dir / "explanations_report.md")
-    _, table = write_markdown(paths[1], args, checkpoint, len(scores.targets), columns, rows, per_class_rows,
-                              cascade_rows, chance, corner, accuracy)
+    _, table = write_markdown(paths[1], config, checkpoint, images, len(scores.targets), columns, rows,
+                              per_class_rows, cascade_rows, chance, corner, accuracy)
     paths.insert(2, out_dir / "deletion_insertion.png")
-    plot_curves(paths[2], scores, plot_layers, args.steps, args.baseline, img_size)
-    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-    record["checkpoint"] = str(checkpoint)
-    paths.append(out_dir / "args.json")
-    write_json(paths[-1], record)
-
+    plot_curves(paths[2], scores, plot_layers, config.steps, config.baseline, img_size)
     return paths, table
