@@ -297,6 +297,24 @@ def test_names_and_messages_are_shown_as_text(app, photos, tmp_path):
     assert r"\<b\>fake\<b\>\.png is not an image" in app.respond(str(fake))[3]
 
 
+def test_panel_bars_are_as_long_as_the_probabilities():
+    """The app's bars come from the same drawing as the annotated copies' (inference.drawing.draw_bars),
+    in the page's style: bar lengths follow the probabilities, the top class is framed."""
+    from expression.inference import drawing
+    names, probs = list(FER2013_CLASSES), np.array([0.25, 0, 0, 0.5, 0.25, 0, 0])
+    bars = webapp.probability_bars(probs, names)
+    assert bars.shape == (7 * 22, webapp.BARS_WIDTH, 3)
+    _, name_w = drawing.bar_font(22, names, drawing.ON_PAGE)
+    room = webapp.BARS_WIDTH - name_w - drawing.ON_PAGE.right
+    for i, p in enumerate(probs):
+        middle = bars[i * 22 + 11]
+        coloured = int((middle == drawing.PALETTE[i]).all(axis=1).sum())
+        assert coloured == (round(room * p) + 1 if p else 0), (names[i], coloured)
+    frame = (bars[:, 0] == (60, 60, 60)).all(axis=1)  # the frame's left edge, in the top class's row only
+    assert frame[3 * 22 + 1:3 * 22 + 21].all() and not frame[:3 * 22].any() and not frame[4 * 22:].any()
+    assert (bars[3 * 22 + 4:3 * 22 + 18, -44:] < 100).any()  # its percentage, in dark type
+
+
 def test_a_non_square_crop_keeps_its_proportions():
     crop = np.zeros((60, 120, 3), np.uint8)  # a wide whole-image face
     panel = webapp.face_panel(crop, np.full(7, 1 / 7), list(FER2013_CLASSES), heat=np.ones((48, 48)),

@@ -156,6 +156,28 @@ def test_detector_none_is_the_whole_image():
     assert boxes == [(0, 0, 40, 30)] and crops[0].shape == (30, 40)
 
 
+def test_annotated_bars_are_as_long_as_the_probabilities():
+    """A whole-image face (--detector none) gets its bars in a strip on the right: bar i is as long as
+    class i's probability of the panel's bar room (inclusive ends: a bar of length L covers L + 1 px)."""
+    from types import SimpleNamespace
+
+    from expression.inference import drawing
+    names, probs = list(FER2013_CLASSES), np.array([0.5, 0.25, 0, 0, 0.25, 0, 0])
+    item = SimpleNamespace(image=np.full((300, 300, 3), 128, np.uint8), heats=None, regions=None, whole=True,
+                           boxes=[(0, 0, 300, 300)], probs=probs[None])
+    canvas = drawing.annotate(item, names)
+    panel = canvas[:, 301:-1]  # right of the box's 1 px margin; the strip is the panel plus 2 px
+    row = 40  # 300 px / 7 classes, at most 40 px a row
+    _, name_w = drawing.bar_font(row, names, drawing.ON_PHOTO)
+    room = panel.shape[1] - name_w - drawing.ON_PHOTO.right
+    assert room > 50
+    for i, p in enumerate(probs):
+        middle = panel[i * row + row // 2]
+        coloured = int((middle == drawing.PALETTE[i]).all(axis=1).sum())
+        assert coloured == (round(room * p) + 1 if p else 0), (names[i], coloured)
+        assert (middle[:name_w] != drawing.PALETTE[i]).any(axis=1).all()  # the name column has no bar
+
+
 def test_crop_is_square_and_padded_at_the_edge():
     image = np.arange(100 * 100, dtype=np.int32).reshape(100, 100).astype(np.uint8)
     region = face_region((0, 10, 20, 20), margin=0.25, width=100, height=100)

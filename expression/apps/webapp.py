@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from expression.inference import classifier as face_classifier
 from expression.core.checkpoint import load_model
 from expression.core.preprocessing import UnreadableImage, load_pil
-from expression.inference.drawing import MIN_CANVAS, PALETTE
+from expression.inference.drawing import MIN_CANVAS, ON_PAGE, PALETTE, draw_bars
 from expression.inference.faces import FaceDetector, image_to_rgb
 from expression.core.io import atomic_path
 from expression.core.cam_policy import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, SHIPPED_TRUSTED_MAPS
@@ -173,22 +173,10 @@ def fit_text(text: str, width: int, scale: float = 0.5, weight: int = 1, smalles
 
 
 def probability_bars(probs, class_names, width: int = BARS_WIDTH, row: int = 22) -> np.ndarray:
-    """RGB image: one labelled bar per class with its probability; the top class in bold type and framed."""
+    """RGB image: one labelled bar per class with its probability; the top class in bold type and framed
+    (the annotated copies' bars, drawn in the page's style)."""
     canvas = np.full((row * len(class_names), width, 3), 250, np.uint8)
-    name_w = max(cv2.getTextSize(n, FONT, 0.48, 1)[0][0] for n in class_names) + 10
-    best = int(np.argmax(probs))
-    for i, (name, p) in enumerate(zip(class_names, probs)):
-        top = i * row
-        bar = int(round((width - name_w - 48) * float(p)))
-        if bar > 0:
-            cv2.rectangle(canvas, (name_w, top + 4), (name_w + bar, top + row - 5), PALETTE[i % len(PALETTE)], -1)
-        if i == best:
-            cv2.rectangle(canvas, (0, top + 1), (width - 1, top + row - 2), (60, 60, 60), 1)
-        # bold as a second stroke one pixel to the right: Hershey's thickness 2 fills the letters' holes
-        for dx in ((0, 1) if i == best else (0,)):
-            cv2.putText(canvas, name, (4 + dx, top + row - 7), FONT, 0.48, (15, 15, 15), 1, cv2.LINE_AA)
-            cv2.putText(canvas, f"{float(p):.0%}", (width - 44 + dx, top + row - 7), FONT, 0.48, (15, 15, 15), 1,
-                        cv2.LINE_AA)
+    draw_bars(canvas, 0, 0, width, row, probs, class_names, ON_PAGE)
     return canvas
 
 
