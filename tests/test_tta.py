@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from expression.core.tta import TENCROP_SCALE, TTA_MODES, ten_crop_offsets, tta_probs, tta_views, views_per_image
+from gradcam.views import apply_view
+
+from expression.core.tta import (TENCROP_SCALE, TTA_MODES, ten_crop_offsets, tta_geometry, tta_probs, tta_views,
+                                 views_per_image)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -77,6 +80,37 @@ def test_ten_crops_are_crops_of_the_bilinear_upscale_and_their_mirrors():
     torch.testing.assert_close(tta_views(ramp * ramp.transpose(2, 3), "tencrop")[4], centre[..., 3:51, 3:51])
     for crop, mirrored in zip(views[:5], views[5:]):
         assert torch.equal(mirrored, crop.flip(3))
+
+
+def reference_views(images, mode):
+    """The views written out by hand: one bilinear upscale for all ten crops, then slices and mirrors."""
+    if mode == "none":
+        return [images]
+    if mode == "flip":
+        return [images, images.flip(3)]
+    size = images.shape[-1]
+    big = math.ceil(size * TENCROP_SCALE)
+    upscaled = F.interpolate(images, size=(big, big), mode="bilinear", align_corners=False)
+    crops = [upscaled[..., top:top + size, left:left + size] for top, left in ten_crop_offsets(size, big)]
+    return crops + [crop.flip(3) for crop in crops]
+
+
+@pytest.mark.parametrize("size", [48, 44, 17])
+@pytest.mark.parametrize("mode", TTA_MODES)
+def test_views_and_geometry_agree_bit_for_bit(mode, size):
+    """The classifier's views, the maps' View geometry and views written out by hand are the same
+    pixels, exactly, on random faces of any size."""
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(size))
+    views, geometry = tta_views(images, mode), tta_geometry(mode, size)
+    assert len(views) == len(geometry) == views_per_image(mode)
+    for view, by_geometry, by_hand in zip(views, [apply_view(images, g) for g in geometry],
+                                          reference_views(images, mode)):
+        assert torch.equal(view, by_geometry) and torch.equal(view, by_hand)
+
+
+def test_non_square_faces_are_refused():
+    with pytest.raises(ValueError, match="square"):
+        tta_views(torch.zeros(1, 3, 8, 10), "none")
 
 
 def test_none_probs_are_the_plain_softmax():
