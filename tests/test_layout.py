@@ -90,7 +90,7 @@ def test_no_library_module_sees_the_command_line():
     library = [p for layer in LAYERS if layer != "apps" for p in (ROOT / "expression" / layer).glob("*.py")]
     assert len(library) > 25
     offenders = [p.relative_to(ROOT).as_posix() for p in library
-                 if re.search(r"\bargparse\b|\bNamespace\b|\bargs\.[a-z_]+\b(?!\()", p.read_text(encoding="utf-8"))]
+                 if re.search(r"\bargparse\b|\bNamespace\b|\bargs\.(?!json\b)[a-z_]+", p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 

@@ -1,6 +1,6 @@
 """What a training run does, as one frozen value: `TrainConfig`.
 
-The trainer reads nothing else (no argparse Namespace), so a run is as easy to start from Python as
+The trainer reads nothing else (never the parsed command line), so a run is as easy to start from Python as
 from the command line, and the config itself is what a model records about how it was made
 (`args` in the checkpoint and runs/NAME/args.json, `TrainConfig.record()`):
 
