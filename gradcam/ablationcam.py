@@ -12,6 +12,11 @@ Cost: one extra forward pass per channel and image (64 / 128 / 256 / 512 for Res
 run without gradients in chunks of ``batch_size``. The layers before the ablated one are recomputed
 each time (a hook cannot skip them for an arbitrary graph), so an ablation pass costs a whole forward.
 
+A ``Contrast`` target (B rather than A) scores y = logit[B] - logit[A] and weighs each channel by the
+absolute drop w_k = y - y^k, not the relative one: a contrast's y is often near 0 or negative (the
+model may well prefer A), and dividing by a negative y would flip every weight's sign. Dividing by a
+positive y only scales the map, which the normalisation undoes: for y > 0 the normalised maps agree.
+
 Example::
 
     from gradcam import explain
@@ -19,7 +24,7 @@ Example::
 """
 import torch
 
-from .base import BaseCAM
+from .base import BaseCAM, target_scores
 
 
 class AblationCAM(BaseCAM):
@@ -57,10 +62,14 @@ class AblationCAM(BaseCAM):
                     acts[torch.arange(stop - start, device=acts.device), ch] = 0
                     chunk["acts"] = acts
                     logits = model(images[idx])
-                    ablated[start:stop] = logits.gather(1, ctx.targets[idx][:, None])[:, 0].to(ablated.dtype)
+                    foil = None if ctx.foils is None else ctx.foils[idx]
+                    ablated[start:stop] = target_scores(logits, ctx.targets[idx], foil).to(ablated.dtype)
         finally:
             handle.remove()
             chunk.clear()
-        original = ctx.logits.gather(1, ctx.targets[:, None])[:, 0].to(ablated.dtype)
+        original = target_scores(ctx.logits, ctx.targets, ctx.foils).to(ablated.dtype)
+        scale = original
+        if ctx.foils is not None:  # a contrast's weight is its absolute drop (module docstring)
+            scale = torch.where(ctx.foils >= 0, torch.ones_like(original), original)
         # Ablation-CAM weight, Desai & Ramaswamy 2020: w_k = (y_c - y_c^k) / y_c
-        return ((original[:, None] - ablated.view(n, k)) / original[:, None]).to(activations.dtype)
+        return ((original[:, None] - ablated.view(n, k)) / scale[:, None]).to(activations.dtype)

@@ -9,6 +9,9 @@ into a map (``BaseCAM.cam``). Everything else lives here once:
   (also after an exception) removes every hook and restores each module's train/eval flag.
 * ``BaseCAM.run`` - one forward pass and one backward pass for any number of layers and methods,
   then ReLU, per-image min-max normalisation and upsampling to the input size.
+* Targets - a class index or name per image, or a ``Contrast`` ("class B rather than class A"), whose
+  score is logit[B] - logit[A] instead of logit[B] (``target_scores``); ``parse_contrast`` reads the
+  text form "happy-vs-neutral".
 
 Post-processing, chosen to agree with pytorch-grad-cam 1.5 to float32 round-off (its
 ``BaseCAM.compute_cam_per_layer`` then ``aggregate_multi_layers``, both through
@@ -31,7 +34,12 @@ Example::
     with LayerHooks(model, ["layer4"]) as hooks:   # model in eval mode inside
         logits = hooks(images)                     # one forward pass, activations recorded
     hooks.activations["layer4"].shape              # (N, 512, 2, 2) for 48 px input
+
+    from gradcam import Contrast, GradCAM, parse_contrast
+    res = GradCAM()(model, images, targets=parse_contrast("happy-vs-neutral", class_names))
+    res.targets, res.foils                         # happy's and neutral's indices for every image
 """
+import operator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -49,7 +57,41 @@ NORM_EPS = 1e-7
 UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest", "nearest-exact")
 
 LayerSpec = Union[str, Sequence[str]]
-TargetSpec = Union[None, int, str, Sequence[Union[int, str]], torch.Tensor]
+# Separates the two classes of a contrast's text form, "happy-vs-neutral" (no FER class has a dash).
+CONTRAST_SEP = "-vs-"
+NO_FOIL = -1  # foil index of an image explained with a plain target
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Explain "class ``target`` rather than class ``foil``": the score is logit[target] - logit[foil].
+
+    Accepted wherever one image's target is (alone for every image, or in a per-image list beside plain
+    targets). The gradient of the difference is the gradient of ``target`` minus that of ``foil``, so a
+    map shows what in the image speaks for ``target`` over ``foil``; evidence shared by both cancels.
+    Either class is an index or a name (names need ``class_names`` where the targets are used); the
+    text form is read by ``parse_contrast``. The maps of Eigen-CAM and attention maps have no class,
+    so a contrast leaves them unchanged.
+
+    >>> Contrast("happy", "neutral")
+    Contrast(target='happy', foil='neutral')
+    """
+    target: Union[int, str]
+    foil: Union[int, str]
+
+    def __post_init__(self):
+        for name in ("target", "foil"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                try:  # numpy and 0-d tensor indices become plain ints; floats are refused
+                    object.__setattr__(self, name, operator.index(value))
+                except TypeError:
+                    raise TypeError(f"contrast {name} {value!r} is neither a class index nor a class name") from None
+        if self.target == self.foil:
+            raise ValueError(f"contrast of class {self.target!r} with itself: its score is 0 everywhere")
+
+
+TargetSpec = Union[None, int, str, Contrast, Sequence[Union[int, str, Contrast]], torch.Tensor]
 
 
 def normalize_per_image(maps: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
@@ -237,35 +279,93 @@ class LayerHooks:
         self.gradients[name] = grad.detach()
 
 
-def parse_targets(targets: TargetSpec, n: int,
-                  class_names: Optional[Sequence[str]] = None) -> Optional[List[int]]:
-    """Targets as given -> list of n class indices (None: use the predicted class).
+def _class_index(value: Union[int, str], class_names: Optional[Sequence[str]], what: str) -> int:
+    """A class name (looked up in ``class_names``) or index -> index; ValueError otherwise."""
+    if isinstance(value, str):
+        if class_names is None:
+            raise ValueError(f"{what} {value!r} is a class name but class_names was not given")
+        if value not in class_names:
+            raise ValueError(f"unknown class name {value!r}; valid: {', '.join(class_names)}")
+        return list(class_names).index(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} {value!r} is neither a class index nor a class name") from None
 
-    Accepts one index or name (used for every image), or a sequence/tensor of n indices or names.
+
+def parse_contrast(text: str, class_names: Optional[Sequence[str]] = None) -> Contrast:
+    """The text form "TARGET-vs-FOIL" -> ``Contrast`` of class indices.
+
+    Each side is a class name (needs ``class_names``) or a non-negative index, range-checked when
+    ``class_names`` is given. ValueError for anything else: no or several "-vs-", an empty side, an
+    unknown name, or the same class on both sides.
+
+    >>> parse_contrast("happy-vs-neutral", ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])
+    Contrast(target=3, foil=6)
+    >>> parse_contrast("3-vs-4")
+    Contrast(target=3, foil=4)
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"a contrast's text form is a str, got {type(text).__name__}")
+    sides = [side.strip() for side in text.strip().split(CONTRAST_SEP)]
+    if len(sides) != 2 or not all(sides):
+        raise ValueError(f"contrast {text!r} is not of the form TARGET{CONTRAST_SEP}FOIL "
+                         f"(e.g. 'happy{CONTRAST_SEP}neutral' or '3{CONTRAST_SEP}6')")
+    indices = []
+    for side in sides:
+        index = _class_index(int(side) if side.isascii() and side.isdigit() else side, class_names,
+                             "contrast class")
+        if class_names is not None and index >= len(class_names):
+            raise ValueError(f"class index {index} in {text!r} out of range for {len(class_names)} classes")
+        indices.append(index)
+    try:
+        return Contrast(*indices)
+    except ValueError:
+        raise ValueError(f"contrast {text!r} names the same class twice: its score is 0 everywhere") from None
+
+
+def parse_target_pairs(targets: TargetSpec, n: int, class_names: Optional[Sequence[str]] = None
+                       ) -> Tuple[Optional[List[int]], Optional[List[int]]]:
+    """Targets as given -> (n class indices, n foil indices), the foil ``NO_FOIL`` (-1) for a plain target.
+
+    Accepts one index, name or ``Contrast`` (used for every image), or a sequence/tensor of n of them.
     Names need ``class_names``. A length other than n raises ValueError; nothing is truncated.
+    ``targets=None`` gives (None, None): explain the predicted class. The foils are None when no
+    image has a contrast.
     """
     if targets is None:
-        return None
+        return None, None
     if torch.is_tensor(targets):
         targets = targets.reshape(-1).tolist() if targets.dim() else targets.item()
-    if isinstance(targets, (int, str)) or not isinstance(targets, Iterable):
+    if isinstance(targets, (int, str, Contrast)) or not isinstance(targets, Iterable):
         targets = [targets] * n
     targets = list(targets)
     if len(targets) != n:
         raise ValueError(f"got {len(targets)} targets for {n} images; give one per image")
-    out = []
+    out, foils = [], []
     for t in targets:
-        if isinstance(t, str):
-            if class_names is None:
-                raise ValueError(f"target {t!r} is a class name but class_names was not given")
-            if t not in class_names:
-                raise ValueError(f"unknown class name {t!r}; valid: {', '.join(class_names)}")
-            out.append(list(class_names).index(t))
+        if isinstance(t, Contrast):
+            target, foil = _class_index(t.target, class_names, "target"), _class_index(t.foil, class_names, "foil")
+            if target == foil:  # Contrast("happy", 3) with happy = 3 passes the dataclass's own check
+                raise ValueError(f"{t} contrasts class {target} with itself: its score is 0 everywhere")
+            out.append(target)
+            foils.append(foil)
         else:
-            try:
-                out.append(int(t))
-            except (TypeError, ValueError):
-                raise ValueError(f"target {t!r} is neither a class index nor a class name") from None
+            out.append(_class_index(t, class_names, "target"))
+            foils.append(NO_FOIL)
+    return out, (foils if any(f != NO_FOIL for f in foils) else None)
+
+
+def parse_targets(targets: TargetSpec, n: int,
+                  class_names: Optional[Sequence[str]] = None) -> Optional[List[int]]:
+    """Plain targets as given -> list of n class indices (None: use the predicted class).
+
+    As ``parse_target_pairs`` without contrasts; a ``Contrast`` raises ValueError rather than being
+    explained as its target alone.
+    """
+    out, foils = parse_target_pairs(targets, n, class_names)
+    if foils is not None:
+        raise ValueError("contrastive targets carry a foil per image; read them with parse_target_pairs")
     return out
 
 
@@ -283,6 +383,35 @@ def check_targets(targets: Optional[List[int]], logits: torch.Tensor,
     return torch.tensor(targets, dtype=torch.long, device=logits.device)
 
 
+def check_foils(foils: Optional[List[int]], logits: torch.Tensor) -> torch.Tensor:
+    """Range-check parsed foils against the logits -> (N,) long, ``NO_FOIL`` where an image has none."""
+    if foils is None:
+        return torch.full((logits.shape[0],), NO_FOIL, dtype=torch.long, device=logits.device)
+    num_classes = logits.shape[1]
+    bad = [f for f in foils if f != NO_FOIL and not 0 <= f < num_classes]
+    if bad:
+        raise ValueError(f"foil class(es) {bad} out of range for {num_classes} classes")
+    return torch.tensor(foils, dtype=torch.long, device=logits.device)
+
+
+def target_scores(scores: torch.Tensor, targets: torch.Tensor, foils: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N,classes) logits (or probabilities) -> (N,) score of each image's target, minus its foil's
+    score where it has one (foil >= 0). A plain target's score is exactly scores[target]."""
+    score = scores.gather(1, targets[:, None])[:, 0]
+    if foils is None:
+        return score
+    foil_score = scores.gather(1, foils.clamp_min(0)[:, None])[:, 0]
+    return score - torch.where(foils >= 0, foil_score, torch.zeros_like(foil_score))
+
+
+def target_spec(targets: torch.Tensor, foils: Optional[torch.Tensor] = None) -> TargetSpec:
+    """Checked (targets, foils) -> a target spec that parses back to them: the targets tensor itself
+    when no image has a foil, else a per-image list of ints and ``Contrast``s."""
+    if foils is None or not bool((foils >= 0).any()):
+        return targets
+    return [Contrast(int(t), int(f)) if f >= 0 else int(t) for t, f in zip(targets.tolist(), foils.tolist())]
+
+
 @dataclass
 class PassContext:
     """What one explain pass knows, for methods that need more than A and G (Score-CAM)."""
@@ -293,6 +422,7 @@ class PassContext:
     upsample: str
     layer: str = ""               # the layer being explained (set per layer by BaseCAM.run)
     module: Optional[nn.Module] = None  # its module, for methods that re-run it changed (Ablation-CAM)
+    foils: Optional[torch.Tensor] = None  # (N,) long, NO_FOIL where an image has a plain target
 
 
 @dataclass
@@ -301,7 +431,8 @@ class CAMResult:
 
     maps: float32 (N,H,W) in [0,1] at input resolution. raw_maps: (N,h,w) after ReLU, before any
     normalisation, at feature resolution. logits/probs: (N,classes). targets: (N,) explained class.
-    feature_sizes: layer -> (h, w).
+    feature_sizes: layer -> (h, w). foils: (N,) the class each image's target was contrasted with
+    (``Contrast``), ``NO_FOIL`` (-1) for a plain target; all -1 when not given.
     """
     maps: Dict[str, torch.Tensor]
     raw_maps: Dict[str, torch.Tensor]
@@ -309,6 +440,11 @@ class CAMResult:
     probs: torch.Tensor
     targets: torch.Tensor
     feature_sizes: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    foils: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.foils is None and torch.is_tensor(self.targets):
+            self.foils = torch.full_like(self.targets, NO_FOIL)
 
     def get(self, method: str, layer: str) -> torch.Tensor:
         return self.maps[f"{method}/{layer}"]
@@ -348,12 +484,13 @@ class BaseCAM:
         """Explain ``images`` with every method in ``cams`` at every layer, from one forward pass
         and (if any method uses gradients) one backward pass of sum_i logit_i[target_i]: raw
         logits, like pytorch-grad-cam's ClassifierOutputTarget. In eval mode the images of a
-        batch do not interact, so image i's gradients come from its own target only.
+        batch do not interact, so image i's gradients come from its own target only. An image
+        whose target is a ``Contrast`` contributes logit_i[target_i] - logit_i[foil_i] instead.
         """
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsample mode {upsample!r}; valid: {', '.join(UPSAMPLE_MODES)}")
         x = prepare_images(model, images)
-        wanted = parse_targets(targets, x.shape[0], class_names)
+        wanted, wanted_foils = parse_target_pairs(targets, x.shape[0], class_names)
         need_grad = any(c.uses_gradients for c in cams)
         size = tuple(x.shape[-2:])
         with LayerHooks(model, layers, gradients=need_grad) as hooks:
@@ -363,8 +500,9 @@ class BaseCAM:
                 if logits.dim() != 2:
                     raise ValueError(f"model output has shape {tuple(logits.shape)}; need (N, classes)")
                 target_idx = check_targets(wanted, logits.detach(), class_names)
+                foil_idx = check_foils(wanted_foils, logits.detach())
                 if need_grad:
-                    score = logits.gather(1, target_idx[:, None]).sum()
+                    score = target_scores(logits, target_idx, foil_idx).sum()
                     live = [hooks.outputs.get(name) for name in hooks.layers]
                     if any(t is None for t in live):
                         raise ValueError("a layer output does not require grad; cannot backpropagate")
@@ -376,7 +514,7 @@ class BaseCAM:
                         raise ValueError(f"layer(s) {missing} do not influence the output")
             logits = logits.detach()
             hooks.remove()  # Score-CAM's extra forward passes must not overwrite the records
-            base_ctx = PassContext(model, x.detach(), target_idx, logits, upsample)
+            base_ctx = PassContext(model, x.detach(), target_idx, logits, upsample, foils=foil_idx)
             maps, raw_maps, sizes = {}, {}, {}
             with torch.no_grad():
                 for layer in hooks.layers:
@@ -401,4 +539,5 @@ class BaseCAM:
             probs=torch.softmax(logits.float(), dim=1).cpu(),
             targets=target_idx.cpu(),
             feature_sizes=sizes,
+            foils=foil_idx.cpu(),
         )

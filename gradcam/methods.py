@@ -2,16 +2,20 @@
 
 Each method is the few lines that differ between papers; the forward/backward pass, ReLU,
 normalisation and upsampling are in ``gradcam.base``. Notation: A = activations (N,K,h,w) of the
-layer, g = dS/dA with S the raw target logit (N,K,h,w).
+layer, g = dS/dA with S the raw target logit (N,K,h,w), or logit[B] - logit[A] for a
+``Contrast(B, A)``: every gradient method below takes g as it comes, so each explains a contrast
+without change (Grad-CAM++'s closed form only needs S piecewise linear in A, which the difference
+is). Eigen-CAM has no target and ignores it.
 
 Example::
 
     import torch, torchvision
-    from gradcam import explain
+    from gradcam import Contrast, explain
     model = torchvision.models.resnet34(weights=None, num_classes=7)
     res = explain(model, torch.rand(4, 3, 48, 48), layers=("layer3", "layer4"),
                   methods=("gradcam", "gradcampp", "layercam"))
     res.maps["gradcampp/layer4"].shape   # (4, 48, 48), values in [0, 1]
+    why = explain(model, torch.rand(4, 3, 48, 48), methods=("gradcam",), targets=Contrast(3, 6))  # 3, not 6
 """
 from typing import Dict, Optional, Sequence, Type, Union
 
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from .ablationcam import AblationCAM
-from .base import BaseCAM, CAMResult, LayerSpec, TargetSpec, normalize_per_image, resize_maps
+from .base import BaseCAM, CAMResult, LayerSpec, TargetSpec, normalize_per_image, resize_maps, target_spec
 from .pixel import fullgrad, guided_backprop, guided_gradcam
 from .scorecam import ScoreCAM
 
@@ -90,10 +94,10 @@ class LayerCAM(BaseCAM):
 class EigenCAM(BaseCAM):
     """Eigen-CAM, Muhammad & Yeasin 2020: the activations projected on their first principal component.
 
-    Gradient-free and class-agnostic (the same map for every target). The SVD's sign is arbitrary
-    (pytorch-grad-cam leaves it to LAPACK, so its maps may come out inverted); here it is fixed so that
-    the projection correlates positively with the centred channel sum, i.e. the component points the
-    way most channels fire.
+    Gradient-free and class-agnostic (the same map for every target, a ``Contrast`` too). The SVD's
+    sign is arbitrary (pytorch-grad-cam leaves it to LAPACK, so its maps may come out inverted); here
+    it is fixed so that the projection correlates positively with the centred channel sum, i.e. the
+    component points the way most channels fire.
     """
     name = "eigencam"
     uses_gradients = False
@@ -176,7 +180,10 @@ def explain(model: nn.Module, images: torch.Tensor,
 
     images: (N,C,H,W) or (C,H,W) tensor, preprocessed as the model expects; moved to the model's
         device. targets: None (each image's predicted class), one class index/name for all images,
-        or one per image (names need ``class_names``); any other length raises ValueError.
+        or one per image (names need ``class_names``); any other length raises ValueError. A
+        ``Contrast(B, A)`` in their place explains "B rather than A" with the score logit[B] - logit[A]
+        (every method but Eigen-CAM, which has no target; see ``gradcam.scorecam`` and
+        ``gradcam.ablationcam`` for how they score one); ``CAMResult.foils`` reports each image's A.
     upsample: mode for resizing maps to (H, W): "bilinear" (default, align_corners=False),
         "bicubic", "nearest" or "nearest-exact".
     scorecam_batch_size: images per extra forward pass of Score-CAM and Ablation-CAM (one per
@@ -208,17 +215,19 @@ def explain(model: nn.Module, images: torch.Tensor,
     res = BaseCAM.run(model, images, cams, layers, targets, class_names, upsample)
     maps, raw = dict(res.maps), dict(res.raw_maps)
     size = tuple(maps[next(iter(maps))].shape[-2:])
+    pixel_targets = target_spec(res.targets, res.foils)  # the same targets and foils as the shared pass
     if "guidedbackprop" in methods or "guidedgradcam" in methods:
-        gb = guided_backprop(model, images, res.targets)
+        gb = guided_backprop(model, images, pixel_targets)
         maps["guidedbackprop/" + INPUT_LAYER] = gb.maps.float().cpu()
         for layer in (layers if "guidedgradcam" in methods else ()):
             maps[f"guidedgradcam/{layer}"] = guided_gradcam(gb.grads.cpu(), maps[f"gradcam/{layer}"]).float()
     if "fullgrad" in methods:
-        fg = fullgrad(model, images, res.targets, variant=fullgrad_variant, upsample=upsample)
+        fg = fullgrad(model, images, pixel_targets, variant=fullgrad_variant, upsample=upsample)
         maps["fullgrad/" + INPUT_LAYER] = fg.maps.float().cpu()
     if fuse and len(layers) > 1:
         for name in cam_names:
             maps[f"{name}/{FUSED}"] = fuse_layers([raw[f"{name}/{l}"] for l in layers], size, upsample).float()
     keys = map_keys(methods, layers, fuse)
     return CAMResult(maps={k: maps[k] for k in keys}, raw_maps={k: v for k, v in raw.items() if k in keys},
-                     logits=res.logits, probs=res.probs, targets=res.targets, feature_sizes=res.feature_sizes)
+                     logits=res.logits, probs=res.probs, targets=res.targets, feature_sizes=res.feature_sizes,
+                     foils=res.foils)

@@ -18,6 +18,10 @@ Grad-CAM and FullGrad.
   pytorch-grad-cam 1.5 does (the tests compare it). Cost: one forward and one backward pass of its
   own, with a gradient hook on every conv/BatchNorm layer (36 BatchNorms in a ResNet34).
 
+All three take the targets of ``gradcam.explain``, ``Contrast`` included: the score they backpropagate
+is then logit[target] - logit[foil] (guided backprop's rule and FullGrad's absolute values apply to
+that score's gradients as to any other).
+
 Example::
 
     from gradcam.pixel import guided_backprop, fullgrad
@@ -30,8 +34,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .base import (LayerHooks, TargetSpec, at_least_float32, check_targets, eval_mode, normalize_per_image,
-                   parse_targets, prepare_images, resize_maps)
+from .base import (LayerHooks, TargetSpec, at_least_float32, check_foils, check_targets, eval_mode,
+                   normalize_per_image, parse_target_pairs, prepare_images, resize_maps, target_scores)
 
 FULLGRAD_VARIANTS = ("paper", "pytorch-grad-cam")
 
@@ -42,6 +46,7 @@ class PixelResult:
     logits: torch.Tensor    # (N,classes)
     targets: torch.Tensor   # (N,) long
     grads: Optional[torch.Tensor] = None  # (N,C,H,W): guided backprop's modified input gradient
+    foils: Optional[torch.Tensor] = None  # (N,) long: each image's contrast foil, -1 for a plain target
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -69,13 +74,18 @@ def channel_saliency(grads: torch.Tensor) -> torch.Tensor:
 
 def _targets_and_input(model, images, targets, class_names):
     x = prepare_images(model, images)
-    return x, parse_targets(targets, x.shape[0], class_names)
+    return (x, *parse_target_pairs(targets, x.shape[0], class_names))
+
+
+def _check(wanted, wanted_foils, logits, class_names):
+    return check_targets(wanted, logits, class_names), check_foils(wanted_foils, logits)
 
 
 def guided_backprop(model: nn.Module, images: torch.Tensor, targets: TargetSpec = None,
                     class_names: Optional[Sequence[str]] = None) -> PixelResult:
-    """Guided backpropagation of sum_i logit_i[target_i] to the input; hooks removed afterwards."""
-    x, wanted = _targets_and_input(model, images, targets, class_names)
+    """Guided backpropagation of sum_i logit_i[target_i] (minus logit_i[foil_i] for a ``Contrast``) to
+    the input; hooks removed afterwards."""
+    x, wanted, wanted_foils = _targets_and_input(model, images, targets, class_names)
     handles = []
     try:
         with eval_mode(model), torch.enable_grad():
@@ -84,14 +94,14 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, targets: TargetSpec 
                     handles.append(module.register_forward_hook(_guided_hook))
             x = x.requires_grad_(True)
             logits = model(x)
-            target_idx = check_targets(wanted, logits.detach(), class_names)
-            score = logits.gather(1, target_idx[:, None]).sum()
+            target_idx, foil_idx = _check(wanted, wanted_foils, logits.detach(), class_names)
+            score = target_scores(logits, target_idx, foil_idx).sum()
             grads, = torch.autograd.grad(score, [x])
     finally:
         for handle in handles:
             handle.remove()
     grads = at_least_float32(grads.detach())
-    return PixelResult(normalize_per_image(channel_saliency(grads)), logits.detach(), target_idx, grads)
+    return PixelResult(normalize_per_image(channel_saliency(grads)), logits.detach(), target_idx, grads, foil_idx)
 
 
 def guided_gradcam(guided_grads: torch.Tensor, cam_maps: torch.Tensor) -> torch.Tensor:
@@ -118,10 +128,11 @@ def effective_bias(module: nn.Module) -> torch.Tensor:
 def fullgrad(model: nn.Module, images: torch.Tensor, targets: TargetSpec = None,
              class_names: Optional[Sequence[str]] = None, variant: str = "paper",
              upsample: str = "bilinear") -> PixelResult:
-    """FullGrad saliency (Srinivas & Fleuret 2019) of sum_i logit_i[target_i]: one forward, one backward."""
+    """FullGrad saliency (Srinivas & Fleuret 2019) of sum_i logit_i[target_i] (minus logit_i[foil_i] for a
+    ``Contrast``): one forward, one backward."""
     if variant not in FULLGRAD_VARIANTS:
         raise ValueError(f"unknown FullGrad variant {variant!r}; valid: {', '.join(FULLGRAD_VARIANTS)}")
-    x, wanted = _targets_and_input(model, images, targets, class_names)
+    x, wanted, wanted_foils = _targets_and_input(model, images, targets, class_names)
     layers = bias_layers(model)
     names = [name for name, _ in layers]
     n, _, h, w = x.shape
@@ -142,16 +153,16 @@ def fullgrad(model: nn.Module, images: torch.Tensor, targets: TargetSpec = None,
         with eval_mode(model), torch.enable_grad():
             x = x.requires_grad_(True)
             logits = model(x)
-            target_idx = check_targets(wanted, logits.detach(), class_names)
-            x_grad, = torch.autograd.grad(logits.gather(1, target_idx[:, None]).sum(), [x])
+            target_idx, foil_idx = _check(wanted, wanted_foils, logits.detach(), class_names)
+            x_grad, = torch.autograd.grad(target_scores(logits, target_idx, foil_idx).sum(), [x])
         layer_grads = {}
     else:
         with LayerHooks(model, names, gradients=True) as hooks, torch.enable_grad():
             x = x.requires_grad_(True)
             logits = hooks(x)
-            target_idx = check_targets(wanted, logits.detach(), class_names)
+            target_idx, foil_idx = _check(wanted, wanted_foils, logits.detach(), class_names)
             live = [hooks.outputs[name] for name in names]
-            x_grad, *_ = torch.autograd.grad(logits.gather(1, target_idx[:, None]).sum(), [x] + live,
+            x_grad, *_ = torch.autograd.grad(target_scores(logits, target_idx, foil_idx).sum(), [x] + live,
                                              allow_unused=True)
             layer_grads = dict(hooks.gradients)
     with torch.no_grad():
@@ -163,4 +174,4 @@ def fullgrad(model: nn.Module, images: torch.Tensor, targets: TargetSpec = None,
             bias = at_least_float32(effective_bias(module).detach())
             # FullGrad: the bias-gradient f^b = dS/dz (.) b of every channel of every layer
             total = total + psi(at_least_float32(layer_grads[name]) * bias.view(1, -1, 1, 1))
-    return PixelResult(normalize_per_image(total), logits.detach(), target_idx)
+    return PixelResult(normalize_per_image(total), logits.detach(), target_idx, foils=foil_idx)

@@ -14,6 +14,11 @@ them (the tests use it to check the rest of the pipeline against that library):
 * the masks are upsampled with ``UpsamplingBilinear2d``, i.e. align_corners=True;
 * (same in both) mask normalisation (M - min) / (max - min + 1e-8).
 
+A ``Contrast`` target (B rather than A) replaces the score each variant reads for the target by the
+same score of B minus that of A: softmax[B] - softmax[A] of the masked image ("how much more probable B
+than A from this channel's region alone") for the paper, logit[B] - logit[A] before the softmax over
+channels for the pytorch-grad-cam variant.
+
 All N*K masked images are scored in chunks of ``batch_size``; a chunk is built only when it is
 run, so memory stays at batch_size images whatever N and K are.
 
@@ -24,7 +29,7 @@ Example::
 """
 import torch
 
-from .base import BaseCAM, normalize_per_image, resize_maps
+from .base import BaseCAM, normalize_per_image, resize_maps, target_scores
 
 MASK_EPS = 1e-8
 VARIANTS = ("paper", "pytorch-grad-cam")
@@ -64,11 +69,12 @@ class ScoreCAM(BaseCAM):
                 # Score-CAM Algorithm 1, Wang et al. 2020: H^k = s(Up(A^k)), s = min-max to [0, 1]
                 masks = normalize_per_image(resize_maps(flat[start:stop], size, mode, align), MASK_EPS)
                 logits = model(images[idx] * masks[:, None].to(images.dtype)).float()
-                target = ctx.targets[idx][:, None]
+                target = ctx.targets[idx]
+                foil = None if ctx.foils is None else ctx.foils[idx]
                 if self.variant == "paper":
-                    # S_k = softmax(f(X (.) H^k)), w_k = S_k[target]
-                    scores[start:stop] = torch.softmax(logits, dim=1).gather(1, target)[:, 0]
+                    # S_k = softmax(f(X (.) H^k)), w_k = S_k[target] (minus S_k[foil] for a contrast)
+                    scores[start:stop] = target_scores(torch.softmax(logits, dim=1), target, foil)
                 else:
-                    scores[start:stop] = logits.gather(1, target)[:, 0]
+                    scores[start:stop] = target_scores(logits, target, foil)
         scores = scores.view(n, k)
         return scores if self.variant == "paper" else torch.softmax(scores, dim=1)

@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import CAMResult, eval_mode, normalize_per_image, parse_targets, prepare_images, resize_maps
+from .base import (CAMResult, eval_mode, normalize_per_image, parse_target_pairs, prepare_images, resize_maps,
+                   target_spec)
 
 COVER_EPS = 1e-6
 
@@ -83,9 +84,10 @@ def explain_views(model, images: torch.Tensor, views: Sequence[View], targets=No
 
     All views of the batch go through one ``explain_fn`` call (one forward and one backward pass for
     the gradient methods). Without ``targets`` each face's target is the class of its view-averaged
-    softmax, the prediction the classifier reports with the same test-time augmentation. Returns a
-    CAMResult with the averaged maps, the view-averaged probabilities and the targets; ``raw_maps``
-    is empty (the views' feature maps live in different frames) and logits are the mean view logits.
+    softmax, the prediction the classifier reports with the same test-time augmentation. A
+    ``Contrast`` target is explained as a contrast in every view. Returns a CAMResult with the
+    averaged maps, the view-averaged probabilities, the targets and foils; ``raw_maps`` is empty
+    (the views' feature maps live in different frames) and logits are the mean view logits.
     """
     if explain_fn is None:
         from .methods import explain as explain_fn
@@ -98,17 +100,21 @@ def explain_views(model, images: torch.Tensor, views: Sequence[View], targets=No
     if images.shape[-2] != size:
         raise ValueError(f"views need square images, got {tuple(images.shape[-2:])}")
     batch = torch.cat([apply_view(images, v) for v in views])
+    foils = None
     if targets is None:
         with torch.no_grad(), eval_mode(model):
             logits = model(prepare_images(model, batch)).float().cpu()
         targets = logits.softmax(1).view(len(views), n, -1).mean(0).argmax(1).cpu()
     else:
-        targets = torch.tensor(parse_targets(targets, n, class_names), dtype=torch.long)
-    res = explain_fn(model, batch, targets=targets.repeat(len(views)), class_names=class_names,
-                     **explain_kwargs)
+        wanted, wanted_foils = parse_target_pairs(targets, n, class_names)
+        targets = torch.tensor(wanted, dtype=torch.long)
+        foils = None if wanted_foils is None else torch.tensor(wanted_foils, dtype=torch.long)
+    view_foils = None if foils is None else foils.repeat(len(views))
+    res = explain_fn(model, batch, targets=target_spec(targets.repeat(len(views)), view_foils),
+                     class_names=class_names, **explain_kwargs)
     maps = {key: average_views(list(m.view(len(views), n, size, size)), views, size)
             for key, m in res.maps.items()}
     return CAMResult(maps=maps, raw_maps={},
                      logits=res.logits.view(len(views), n, -1).mean(0),
                      probs=res.probs.view(len(views), n, -1).mean(0),
-                     targets=targets, feature_sizes=res.feature_sizes)
+                     targets=targets, feature_sizes=res.feature_sizes, foils=foils)
