@@ -144,18 +144,20 @@ def test_class_structure_zero_for_alike_maps_and_clear_for_distinct_ones():
 
 
 def test_disputed_labels_follow_the_confident_joint_by_hand():
-    probs = np.array([[0.9, 0.1, 0.0],   # label 0, confident 0
-                      [0.5, 0.5, 0.0],   # label 0
-                      [0.2, 0.8, 0.0],   # label 0, but confidently 1: disputed
-                      [0.1, 0.6, 0.3],   # label 1
-                      [0.1, 0.9, 0.0],   # label 1
-                      [0.3, 0.3, 0.4]])  # label 2; 0.3 < t_0 = 0.533, 0.3 < t_1 = 0.75: itself
+    probs = np.array([[0.9, 0.1, 0.0],     # label 0, confidently 0
+                      [0.5, 0.45, 0.05],   # label 0: only 1 reaches its threshold, but 0 is the top class
+                      [0.2, 0.8, 0.0],     # label 0, confidently 1: disputed
+                      [0.1, 0.2, 0.7],     # label 1, confidently 2: disputed
+                      [0.3, 0.6, 0.1],     # label 1
+                      [0.3, 0.3, 0.4]])    # label 2
     labels = np.array([0, 0, 0, 1, 1, 2])
+    # thresholds: t0 = (0.9 + 0.5 + 0.2) / 3 = 0.533, t1 = (0.2 + 0.6) / 2 = 0.4, t2 = 0.4
     disputed, suggested, margin = cm.disputed_labels(probs, labels)
-    # thresholds: t0 = (0.9 + 0.5 + 0.2) / 3, t1 = (0.6 + 0.9) / 2 = 0.75, t2 = 0.4
-    assert disputed.tolist() == [False, False, True, False, False, False]
-    assert suggested.tolist() == [0, -1, 1, -1, 1, 2]  # face 1: 0.5 < t0 and < t1: no class
-    assert margin[2] == pytest.approx(0.6)
+    assert disputed.tolist() == [False, False, True, True, False, False]
+    assert suggested.tolist() == [0, 1, 1, 2, 1, 2]
+    assert margin[2] == pytest.approx(0.6) and margin[3] == pytest.approx(0.5)
+    none, _, _ = cm.disputed_labels(np.array([[0.5, 0.5], [0.9, 0.1]]), np.array([0, 0]))
+    assert none.tolist() == [False, False]  # class 1 has no faces: its threshold is out of reach
 
 
 def test_top_confusions_most_frequent_first():

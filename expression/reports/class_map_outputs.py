@@ -206,10 +206,18 @@ def draw_layout(path: Path, report: ClassMapReport) -> Path:
     size = layout.size
     for row in check_layout(report.split_mean_face, layout):
         ax1.plot(row["x"], row["y"], marker="+", color="white" if row["ok"] else "black", markersize=9, mew=2)
+    marks = [(r["x"], r["y"]) for r in check_layout(report.split_mean_face, layout)]
     for name, mask in layout.masks.items():
         ys, xs = np.nonzero(mask)
-        if len(xs) and name not in ("outside", "other"):
-            ax1.text(xs.mean(), ys.mean(), name, fontsize=6, ha="center", va="center", color="black")
+        if not len(xs) or name in ("outside", "other"):
+            continue
+        x, y = xs.mean(), ys.mean()
+        if not mask[int(round(y)), int(round(x))]:  # a region in two parts (eyes, cheeks): label the left one
+            left = xs < size / 2
+            x, y = xs[left].mean(), ys[left].mean()
+        if any(abs(x - mx) < 3 and abs(y - my) < 3 for mx, my in marks):
+            y += 3.5 * size / 48  # clear of a landmark's cross
+        ax1.text(x, y, name, fontsize=6, ha="center", va="center", color="black")
     lines = [layout.name.replace(" (", "\n("), f"{size} px", ""]
     area = layout.area_shares()
     lines += [f"{name:<9} {100 * a:4.1f} % of the frame" for name, a in zip(layout.regions, area)]
@@ -225,10 +233,11 @@ def draw_region_shares(path: Path, report: ClassMapReport) -> Path:
     if report.regions_random is not None:
         tables.append(("randomised model", report.regions_random))
     regions, names = report.layout.regions, report.class_names
-    fig = new_figure(4.4 * len(tables), 3.2)
+    width = 0.8 + 4.2 * len(tables)
+    fig = new_figure(width, 3.2)
     top = max(float(np.nanmax(t.share)) for _, t in tables) * 100
     for i, (title, table) in enumerate(tables):
-        ax = fig.add_axes([0.08 / len(tables) + i / len(tables), 0.18, 0.85 / len(tables) - 0.04, 0.7])
+        ax = fig.add_axes([(0.8 + 4.2 * i) / width, 0.2, 3.8 / width, 0.68])
         ax.imshow(100 * table.share, cmap="viridis", vmin=0, vmax=top, aspect="auto")
         for c in range(len(names)):
             for r, region in enumerate(regions):
@@ -458,7 +467,8 @@ def summary_markdown(report: ClassMapReport, meta: dict) -> str:
                        [(a, b, n, pct(p), m, x) for a, b, n, p, m, x in confusion_rows(report)]), ""]
     lines += ["## Labels the model disputes", "",
               "Confident-joint off-diagonal (Northcutt et al. 2021): the model's probability of another class "
-              "reaches that class's mean self-confidence and is the highest such class.", "",
+              "reaches that class's mean self-confidence and is the highest such class, and the label is not "
+              "the model's top class (cleanlab's find_label_issues with filter_by='confident_learning').", "",
               markdown(("label", "n", "disputed", "%", "most often suggested", "times"),
                        [(a, n, d, pct(p), s, t) for a, n, d, p, s, t in dispute_rows(report)]), ""]
     checks = check_layout(report.split_mean_face, report.layout)

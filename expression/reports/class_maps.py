@@ -46,8 +46,9 @@ from gradcam.sanity import randomization_stages, reinitialize_
 # Maps with no class: a class map or a contrast of them says nothing about the class.
 CLASS_AGNOSTIC = ("eigencam",)
 # Fewer faces than this are not drawn as a mean face of their own (an average of a few dozen faces can
-# still resemble its members): their maps are drawn over the mean face of the whole split instead.
-MIN_FACES_FOR_MEAN = 100
+# still resemble its members; one of hundreds shows no one's face): their maps are drawn over the mean
+# face of the whole split instead.
+MIN_FACES_FOR_MEAN = 200
 
 
 @dataclass(frozen=True)
@@ -365,11 +366,14 @@ def disputed_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
 
         t_j = mean of p[i, j] over the faces labelled j        (class j's threshold: its mean self-confidence)
         face i counts for class j* = argmax_j {p[i, j] : p[i, j] >= t_j}  (no class above threshold: none)
-        face i is disputed when j* exists and differs from y_i
+        face i is disputed when j* exists, differs from y_i, and y_i is not the model's top class
 
-    -> (disputed bool (N,), suggested class (N,) (-1 where none), margin p[i, j*] - p[i, y_i] (N,)): the
-    larger the margin, the more confidently the model disputes the label. This is the rule of cleanlab's
-    `find_label_issues(..., filter_by="confident_learning")`."""
+    (the last condition: a model whose most probable class is the label does not dispute it). On the
+    shipped model's PublicTest probabilities this flags exactly the faces cleanlab 2.9's
+    `find_label_issues(labels, probs, filter_by="confident_learning")` flags.
+
+    -> (disputed bool (N,), suggested class j* (N,) (-1 where none), margin p[i, j*] - p[i, y_i] (N,)):
+    the larger the margin, the more confidently the model disputes the label."""
     n, k = probs.shape
     thresholds = np.full(k, np.inf)
     for j in range(k):
@@ -378,7 +382,7 @@ def disputed_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     above = probs >= thresholds[None, :]
     masked = np.where(above, probs, -np.inf)
     suggested = np.where(above.any(1), masked.argmax(1), -1)
-    disputed = (suggested >= 0) & (suggested != labels)
+    disputed = (suggested >= 0) & (suggested != labels) & (probs.argmax(1) != labels)
     margin = np.where(suggested >= 0, probs[np.arange(n), np.clip(suggested, 0, None)], np.nan) \
         - probs[np.arange(n), labels]
     return disputed, suggested, margin
