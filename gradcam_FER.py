@@ -8,6 +8,7 @@ Preprocessing (size, colour, mean/std) comes from the checkpoint, so any image s
     python gradcam_FER.py --checkpoint models/resnet34_demo.pt --images data/demo/test \\
         --methods gradcam,gradcampp,layercam --target true --save-maps runs/explain/maps.npz
     python gradcam_FER.py --images face.jpg --layers layer3,layer4 --target happy
+    python gradcam_FER.py --images data/fer2013/test/sad --target neutral-vs-sad --methods hirescam --layers layer1
 
 Writes <out>/gradcam_grid.png (or gradcam_grid_001.png, ... for more than --rows-per-file faces).
 Panel titles carry a tick where the explanation report (evaluate_explanations.py on the demo faces)
@@ -52,7 +53,7 @@ def main(args) -> int:
         res = explain(session.model, images, layers=config.layers, methods=args.methods,
                       targets=None if targets is None else [targets[i] for i in index],
                       class_names=session.class_names, scorecam_batch_size=config.batch_size)
-        return Batch(res.maps, res.probs, res.feature_sizes, res.targets)
+        return Batch(res.maps, res.probs, res.feature_sizes, res.targets, res.foils)
 
     result = run_batches(compute, session, config.batch_size, "grad-cam")
     # Methods side by side per layer, so the eye compares Grad-CAM with Grad-CAM++ at equal resolution.

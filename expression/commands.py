@@ -20,6 +20,7 @@ COMMANDS = {
     "attention": ("attentionMap_FER", "attention-transfer maps per stage"),
     "evaluate": ("evaluate", "accuracy and reports of a model on a labelled split, with test-time augmentation"),
     "evaluate-explanations": ("evaluate_explanations", "how faithful the CAM methods are"),
+    "class-maps": ("classmaps_FER", "what the model looks at per class: class maps, face regions, confusions"),
     "export": ("export", "export a model to ONNX (needs the [export] extra)"),
     "onnx-predict": ("onnx_predict", "classify with an exported .onnx, no PyTorch (needs the [export] extra)"),
     "import-seed": ("import_seed_model", "convert the seed project's model_res34.pth safely"),
@@ -69,4 +70,5 @@ def _command(name: str):
 # The console scripts of pyproject.toml's [project.scripts]
 train, predict, gradcam, attention = (_command(n) for n in ("train", "predict", "gradcam", "attention"))
 evaluate, evaluate_explanations = _command("evaluate"), _command("evaluate-explanations")
+class_maps = _command("class-maps")
 export, onnx_predict, import_seed, app = (_command(n) for n in ("export", "onnx-predict", "import-seed", "app"))

@@ -62,7 +62,7 @@ def test_gradcam_grids_maps_and_skipped_file(random_checkpoint, inputs, tmp_path
 
     maps = np.load(npz)  # plain arrays: no allow_pickle needed
     keys = {f"{m}/{layer}" for m in ("gradcam", "gradcampp") for layer in ("layer3", "layer4")}
-    assert set(maps.files) == keys | {"files", "pred", "probs", "targets", "labels", "class_names"}
+    assert set(maps.files) == keys | {"files", "pred", "probs", "targets", "foils", "labels", "class_names"}
     for key in keys:
         assert maps[key].shape == (6, 48, 48) and maps[key].dtype == np.float32
         assert maps[key].min() >= 0 and maps[key].max() <= 1
@@ -73,6 +73,7 @@ def test_gradcam_grids_maps_and_skipped_file(random_checkpoint, inputs, tmp_path
     assert maps["probs"].shape == (6, 7) and np.allclose(maps["probs"].sum(1), 1, atol=1e-5)
     assert (maps["pred"] == maps["probs"].argmax(1)).all()
     assert (maps["targets"] == maps["pred"]).all()  # --target predicted
+    assert (maps["foils"] == -1).all()  # no contrast
     assert maps["class_names"].tolist() == list(FER2013_CLASSES)
 
 
@@ -86,6 +87,31 @@ def test_gradcam_target(random_checkpoint, inputs, tmp_path, target):
     maps = np.load(npz)
     expected = maps["labels"] if target == "true" else [FER2013_CLASSES.index("happy")] * 3
     assert maps["targets"].tolist() == list(expected)
+
+
+def test_gradcam_contrastive_target(random_checkpoint, inputs, tmp_path):
+    """--target happy-vs-neutral explains logit happy minus logit neutral for every face, as
+    gradcam.Contrast does, and the npz records both classes."""
+    import torch
+
+    from expression.core.checkpoint import load_model
+    from expression.core.preprocessing import Preprocessing, load_pil
+    from gradcam import Contrast, explain
+
+    npz = tmp_path / "maps.npz"
+    code = run(gradcam_FER, ["--checkpoint", random_checkpoint, "--images", inputs / "faces", "--out", tmp_path,
+                             "--target", "happy-vs-neutral", "--methods", "hirescam", "--layers", "layer1",
+                             "--save-maps", npz, "--quiet", "--device", "cpu"])
+    assert code == 0 and (tmp_path / "gradcam_grid.png").stat().st_size > 0
+    maps = np.load(npz)
+    happy, neutral = FER2013_CLASSES.index("happy"), FER2013_CLASSES.index("neutral")
+    assert maps["targets"].tolist() == [happy] * 3 and maps["foils"].tolist() == [neutral] * 3
+    model, ckpt = load_model(random_checkpoint)
+    x = Preprocessing.from_checkpoint(ckpt).to_tensor([load_pil(f) for f in maps["files"]])
+    by_hand = explain(model, x, layers=("layer1",), methods=("hirescam",), targets=Contrast(happy, neutral))
+    np.testing.assert_allclose(maps["hirescam/layer1"], by_hand.maps["hirescam/layer1"].numpy(), atol=1e-5)
+    plain = explain(model, x, layers=("layer1",), methods=("hirescam",), targets=happy).maps["hirescam/layer1"]
+    assert not torch.allclose(plain, by_hand.maps["hirescam/layer1"], atol=1e-3)
 
 
 def test_attention_maps_at_checkpoint_size(tmp_path, inputs, capsys):
@@ -125,6 +151,8 @@ def test_defaults_newest_model_and_test_split(random_checkpoint, tmp_path, monke
     (attentionMap_FER, ["--layers", "layer4,fc9"], "fc9"),
     (gradcam_FER, ["--methods", "gradcam,bogus"], "bogus"),
     (gradcam_FER, ["--target", "joy"], "joy"),
+    (gradcam_FER, ["--target", "joy-vs-sad"], "joy"),
+    (gradcam_FER, ["--target", "sad-vs-sad"], "same class"),
     (gradcam_FER, ["--target", "true", "--images", "{loose}"], "--target true"),
     (gradcam_FER, ["--colormap", "nocolour"], "nocolour"),
     (gradcam_FER, ["--checkpoint", "{tmp}/missing.pt"], TRAIN_HINT),

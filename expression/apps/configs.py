@@ -16,6 +16,7 @@ from expression.training.recipe import RECIPES
 
 if TYPE_CHECKING:
     from expression.inference.pipeline import PredictConfig
+    from expression.reports.class_maps import ClassMapConfig
     from expression.reports.explain_figures import FigureConfig
     from expression.reports.explanation_report import ReportConfig
 
@@ -49,6 +50,17 @@ def report_config(args: argparse.Namespace) -> ReportConfig:
     return ReportConfig(layers=tuple(args.layers), target=args.target, baseline=args.baseline,
                         blur_sigma=args.blur_sigma, steps=args.steps, pointing_ties=args.pointing_ties,
                         sanity=args.sanity)
+
+
+def class_map_config(args: argparse.Namespace) -> ClassMapConfig:
+    """classmaps_FER.py's flags -> the analysis config (ClassMapConfig checks the method and TTA mode)."""
+    from expression.core.runtime import use_progress_bars
+    from expression.reports.class_maps import ClassMapConfig
+    return ClassMapConfig(method=args.method, layer=args.layer, tta=args.tta_maps, batch_size=args.batch_size,
+                          confusions=args.confusions, bootstrap=args.bootstrap, shuffles=args.shuffles,
+                          structure_faces=args.structure_faces, randomise=args.randomised,
+                          disputes_shown=args.disputes_shown, min_faces_for_mean=args.min_faces_for_mean,
+                          seed=args.seed, progress=use_progress_bars(args.quiet))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -33,9 +33,11 @@ def add_common_args(parser, *, grid_name: str, target: bool = True):
     """The flags both figure scripts (gradcam_FER.py, attentionMap_FER.py) take."""
     add_input_args(parser)
     if target:
-        parser.add_argument("--target", default="predicted", metavar="{predicted,true,CLASS}",
+        parser.add_argument("--target", default="predicted", metavar="{predicted,true,CLASS,B-vs-A}",
                             help="class to explain: the predicted one, the true label (needs class "
-                                 "sub-folders), or a class name such as happy")
+                                 "sub-folders), a class name such as happy, or a contrast such as "
+                                 "happy-vs-neutral (why happy rather than neutral: the map of logit happy "
+                                 "minus logit neutral)")
     parser.add_argument("--out", default=None,
                         help=f"output folder for {grid_name}.png (default: runs/explain/<checkpoint name>/)")
     parser.add_argument("--save-maps", default=None, metavar="FILE.npz",

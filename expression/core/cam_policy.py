@@ -29,3 +29,9 @@ TRUSTED_MAPS = {48: (("hirescam", "layer1"), ("xgradcam", "layer1"), ("xgradcam"
 # results/shipped_fer2013_publictest/, which tests/test_shipped_model.py checks this set against): the app
 # ticks these, the ones a user of the shipped model can rely on.
 SHIPPED_TRUSTED_MAPS = frozenset({("hirescam", "layer1")})
+# Whether the default map is better averaged over the classifier's test-time-augmentation views
+# ("flip", "tencrop") on the shipped model: only where its committed report scores a trusted
+# hirescam@<mode> at layer1 with a lower deletion AUC than the single view. That report has no such row
+# (it was run without --tta-maps), so the single view stays: "none". classmaps_FER.py defaults to it;
+# tests/test_class_maps.py checks it against the report.
+SHIPPED_MAP_TTA = "none"

@@ -25,7 +25,7 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from gradcam.base import resolve_layers
+from gradcam.base import CONTRAST_SEP, parse_contrast, resolve_layers
 from gradcam.overlay import overlay
 
 from expression.core.checkpoint import open_model_quietly
@@ -203,8 +203,9 @@ def prepare(config: FigureConfig) -> Session:
                    progress=use_progress_bars(config.quiet), quiet=config.quiet)
 
 
-def resolve_targets(spec: str, session: Session) -> list[int] | None:
-    """--target -> one class index per image, or None for the predicted class."""
+def resolve_targets(spec: str, session: Session) -> list | None:
+    """--target -> one class index (or gradcam.Contrast for "B-vs-A") per image, or None for the predicted
+    class."""
     names = session.class_names
     if spec == "predicted":
         return None
@@ -216,8 +217,13 @@ def resolve_targets(spec: str, session: Session) -> list[int] | None:
         return session.label_indices.tolist()
     if spec in names:
         return [names.index(spec)] * len(session.files)
-    raise UsageError(f"--target {spec}: choose predicted, true or a class of this checkpoint "
-                     f"({', '.join(names)})")
+    if CONTRAST_SEP in spec:
+        try:
+            return [parse_contrast(spec, names)] * len(session.files)
+        except ValueError as err:
+            raise UsageError(f"--target {spec}: {str(err).splitlines()[0]}") from None
+    raise UsageError(f"--target {spec}: choose predicted, true, a class of this checkpoint "
+                     f"({', '.join(names)}) or a contrast such as {names[0]}{CONTRAST_SEP}{names[-1]}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,6 +238,7 @@ class Batch:
     probs: torch.Tensor       # (B, C)
     feature_sizes: dict       # layer -> (h, w)
     targets: torch.Tensor | None = None  # class each map explains, None for class-agnostic maps
+    foils: torch.Tensor | None = None    # class each target is contrasted with (-1: none), None for none at all
 
 
 @dataclass
@@ -240,6 +247,7 @@ class Result:
     probs: np.ndarray         # float32 (N, C)
     feature_sizes: dict
     targets: np.ndarray | None = None
+    foils: np.ndarray | None = None
 
     @property
     def pred(self) -> np.ndarray:
@@ -250,7 +258,7 @@ def run_batches(compute, session: Session, batch_size: int, desc: str) -> Result
     """Call compute(images, index) over batches (a tqdm bar when a person watches) and stitch the maps.
     Raising a ValueError inside compute (unknown layer/method) becomes a one-line UsageError."""
     n = len(session.files)
-    maps, probs, targets, sizes = {}, [], [], {}
+    maps, probs, targets, foils, sizes = {}, [], [], [], {}
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not session.progress, leave=False):
         index = list(range(start, min(start + batch_size, n)))
@@ -263,10 +271,13 @@ def run_batches(compute, session: Session, batch_size: int, desc: str) -> Result
         probs.append(batch.probs.detach().float().cpu().numpy())
         if batch.targets is not None:
             targets.append(batch.targets.detach().cpu().numpy())
+        if batch.foils is not None:
+            foils.append(batch.foils.detach().cpu().numpy())
         sizes = {k: tuple(int(s) for s in v) for k, v in batch.feature_sizes.items()}
     return Result(maps={k: np.concatenate(v).astype(np.float32) for k, v in maps.items()},
                   probs=np.concatenate(probs).astype(np.float32), feature_sizes=sizes,
-                  targets=np.concatenate(targets).astype(np.int64) if targets else None)
+                  targets=np.concatenate(targets).astype(np.int64) if targets else None,
+                  foils=np.concatenate(foils).astype(np.int64) if foils else None)
 
 
 def summary(session: Session, result: Result, what: str) -> None:
@@ -374,7 +385,8 @@ def _grid_figure(session: Session, result: Result, panels, config: FigureConfig,
 
 def save_maps(path, session: Session, result: Result) -> Path:
     """Raw maps, float32 (N, H, W) at input resolution, one array per key, plus files, pred, probs,
-    targets (class each map explains; -1 for class-agnostic maps), labels (true class or -1) and
+    targets (class each map explains; -1 for class-agnostic maps), foils (the class a contrastive target
+    is weighed against; -1 for none), labels (true class or -1) and
     class_names. Plain arrays only: np.load needs no allow_pickle."""
     path = Path(path)
     n = len(session.files)
@@ -382,6 +394,7 @@ def save_maps(path, session: Session, result: Result) -> Path:
     arrays.update(files=np.array(session.files, dtype=str), pred=result.pred.astype(np.int64),
                   probs=result.probs.astype(np.float32),
                   targets=result.targets if result.targets is not None else np.full(n, -1, np.int64),
+                  foils=result.foils if result.foils is not None else np.full(n, -1, np.int64),
                   labels=session.label_indices, class_names=np.array(session.class_names, dtype=str))
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a file object: np.savez adds no suffix
         np.savez(handle, **arrays)
