@@ -22,12 +22,12 @@ import threading
 import time
 from pathlib import Path
 
+from expression.apps.cli import (ArgumentParser, UsageError, add_checkpoint_argument, add_device_argument, positive_int,
+                                 resolve_device, run_main)
+from expression.apps.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers, usable_cores
 from expression.core.checkpoint import open_model
-from expression.apps.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, positive_int,
-                            resolve_device, run_main, UsageError)
 from expression.core.io import ensure_writable_dir
 from expression.inference.classifier import DEFAULT_FACE_TTA, FACE_TTA
-from expression.apps.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers, usable_cores
 
 MAX_UPLOAD_MB = 100  # the upload itself; the pixel count is checked separately (--max-pixels)
 
@@ -69,9 +69,9 @@ def main(args) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise UsageError("the app needs gradio: pip install -r requirements-app.txt") from None
-    from expression.apps.webapp import WebApp, build_interface
-
     import torch
+
+    from expression.apps.webapp import WebApp, build_interface
     device = resolve_device(args.device)
     # workers x threads = cores: more intra-op threads than cores only spin
     torch.set_num_threads(max(1, usable_cores() // args.workers))

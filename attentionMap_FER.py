@@ -18,9 +18,8 @@ import sys
 from expression.apps.cli import ArgumentParser, number_in, run_main
 from expression.apps.configs import figure_config
 from expression.apps.explain_cli import add_common_args
+from expression.reports.explain_figures import Batch, draw_grids, prepare, print_paths, run_batches, save_maps, summary
 from gradcam import attention_maps
-from expression.reports.explain_figures import Batch, draw_grids, prepare, print_paths, run_batches, save_maps, \
-    summary
 
 GRID = "attention_grid"
 

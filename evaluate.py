@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
+from expression.apps.cli import (ArgumentParser, UsageError, add_checkpoint_argument, add_device_argument,
+                                 non_negative_int, positive_int, resolve_device, run_main, use_progress_bars)
 from expression.core import report
 from expression.core.checkpoint import open_model_quietly
-from expression.apps.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, non_negative_int,
-                            positive_int, resolve_device, run_main, UsageError, use_progress_bars)
-from expression.training.loader import InMemoryLoader
-from expression.core.preprocessing import Preprocessing, is_image_file
 from expression.core.datasets import class_folders, decode_split
-from expression.training.engine import evaluate
 from expression.core.io import ensure_writable_dir, write_json
+from expression.core.preprocessing import Preprocessing, is_image_file
 from expression.core.tta import TTA_MODES, views_per_image
+from expression.training.engine import evaluate
+from expression.training.loader import InMemoryLoader
 
 DEFAULT_SPLIT = "data/fer2013/test"
 

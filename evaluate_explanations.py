@@ -39,16 +39,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from expression.core.checkpoint import open_model_quietly
-from expression.apps.cli import (add_device_argument, ArgumentParser, name_list, positive_float, positive_int,
-                            resolve_device, run_main, UsageError, use_progress_bars)
+from expression.apps.cli import (ArgumentParser, UsageError, add_device_argument, name_list, positive_float,
+                                 positive_int, resolve_device, run_main, use_progress_bars)
 from expression.apps.configs import report_config
 from expression.apps.explain_cli import add_input_args
+from expression.core.checkpoint import open_model_quietly
+from expression.core.io import ensure_writable_dir, write_json
 from expression.core.preprocessing import Preprocessing
+from expression.core.tta import TTA_MODES, tta_geometry
 from expression.reports.explain_figures import check_layers, select_images
 from expression.reports.explanation_report import ReportConfig, load_masks, write_report
-from expression.core.io import ensure_writable_dir, write_json
-from expression.core.tta import TTA_MODES, tta_geometry
 from gradcam import METHODS
 from gradcam.evaluation import progress_total, score_explanations
 from gradcam.metrics import BASELINES, POINTING_TIES

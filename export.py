@@ -21,11 +21,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from expression.core.checkpoint import choose_model, describe_model, load_model
 from expression.apps.cli import ArgumentParser, UsageError, add_checkpoint_argument, positive_int, run_main
+from expression.core.checkpoint import choose_model, describe_model, load_model
 from expression.core.io import ensure_writable_dir
 from expression.inference.onnx_export import (DEFAULT_OPSET, EXPORTERS, INPUT_NAME, PARITY_ATOL, check_parity,
-                                    export_onnx)
+                                              export_onnx)
 
 
 def get_args_parser() -> ArgumentParser:

@@ -22,9 +22,9 @@ from expression.apps.cli import ArgumentParser, UsageError, name_list, run_main
 from expression.apps.configs import figure_config
 from expression.apps.explain_cli import add_common_args
 from expression.core.cam_policy import TRUSTED_MAPS
+from expression.reports.explain_figures import (Batch, draw_grids, prepare, print_paths, resolve_targets, run_batches,
+                                                save_maps, summary)
 from gradcam import METHODS, explain, map_keys
-from expression.reports.explain_figures import Batch, draw_grids, prepare, print_paths, resolve_targets, \
-    run_batches, save_maps, summary
 
 GRID = "gradcam_grid"
 

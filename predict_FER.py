@@ -34,18 +34,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from expression.core.checkpoint import open_model
+from expression.apps.cli import (ArgumentParser, UsageError, add_checkpoint_argument, add_device_argument,
+                                 non_negative_int, number_in, positive_int, resolve_device, run_main, use_progress_bars)
 from expression.apps.configs import predict_config
-from expression.apps.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, non_negative_int,
-                            number_in, positive_int, resolve_device, run_main, UsageError, use_progress_bars)
-from expression.inference.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MIN_FACE,
-                              DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector)
-from expression.core.io import WriteError, ensure_writable_dir, write_json
 from expression.core.cam_policy import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD
+from expression.core.checkpoint import open_model
+from expression.core.io import WriteError, ensure_writable_dir, write_json
 from expression.inference.classifier import DEFAULT_FACE_TTA, FACE_TTA, Classifier
-from expression.inference.sources import OutputNames, find_sources
-from expression.inference.pipeline import MAX_MARGIN, PredictConfig, Predictor, Stats, process_all
+from expression.inference.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MIN_FACE,
+                                        DEFAULT_MIN_NEIGHBORS, DETECTORS, FaceDetector)
 from expression.inference.outputs import RecordWriter
+from expression.inference.pipeline import MAX_MARGIN, PredictConfig, Predictor, Stats, process_all
+from expression.inference.sources import OutputNames, find_sources
 
 
 def get_args_parser() -> ArgumentParser:

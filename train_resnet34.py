@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from expression.apps.cli import (add_device_argument, ArgumentParser, command_line, fraction, non_negative_float,
+from expression.apps.cli import (ArgumentParser, add_device_argument, command_line, fraction, non_negative_float,
                                  non_negative_int, positive_float, positive_int, run_main)
 from expression.apps.configs import DEMO_EPOCHS, DEMO_LR, DEMO_ROOT, train_config
 from expression.training import recipe, trainer
@@ -63,7 +63,8 @@ def get_args_parser() -> ArgumentParser:
                        help="start from this project model file's weights (e.g. the shipped model) with a fresh "
                             "optimizer and schedule: a warm restart; its classes, --img-size and --norm must "
                             "match, and the new model records it in its lineage")
-    train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds init, order, validation split and augmentation")
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                       help="seeds init, order, validation split and augmentation")
     add_device_argument(train)
     opt = parser.add_argument_group("optimisation (default: from --recipe)")
     opt.add_argument("--optimizer", choices=recipe.OPTIMIZERS, help=preset_help("optimizer", "optimizer"))
@@ -101,7 +102,8 @@ def get_args_parser() -> ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--name", help="run name; default resnet34_<data folder name> (resnet34_demo with --demo)")
     out.add_argument("--out", default=DEFAULTS.out, help="runs folder: files go to OUT/NAME/")
-    out.add_argument("--models-dir", default=DEFAULTS.models_dir, help="the trained model is written to MODELS_DIR/NAME.pt")
+    out.add_argument("--models-dir", default=DEFAULTS.models_dir,
+                     help="the trained model is written to MODELS_DIR/NAME.pt")
     out.add_argument("--resume", metavar="CHECKPOINT", help="continue from runs/NAME/checkpoint.pt")
     out.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch line stays)")
     return parser

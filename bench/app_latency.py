@@ -33,10 +33,10 @@ import skimage.data
 import torch
 from PIL import Image
 
-from expression.core.checkpoint import open_model
-from expression.apps.cli import (add_checkpoint_argument, add_device_argument, ArgumentParser, positive_int,
-                            resolve_device, run_main)
+from expression.apps.cli import (ArgumentParser, add_checkpoint_argument, add_device_argument, positive_int,
+                                 resolve_device, run_main)
 from expression.apps.webapp import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, WebApp, default_workers
+from expression.core.checkpoint import open_model
 
 
 def get_args_parser() -> ArgumentParser:

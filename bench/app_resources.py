@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import skimage.data
+from app_latency import cpu_name
 from PIL import Image
 
-from app_latency import cpu_name
 from expression.apps.app_client import AppClient, serve
-from expression.core.checkpoint import choose_model
 from expression.apps.cli import ArgumentParser, add_checkpoint_argument, positive_int, run_main
-from expression.demo.synthetic import png_claiming
 from expression.apps.webapp import default_workers
+from expression.core.checkpoint import choose_model
+from expression.demo.synthetic import png_claiming
 
 
 def get_args_parser() -> ArgumentParser:

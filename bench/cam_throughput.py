@@ -29,7 +29,6 @@ import time
 import torch
 import torchvision
 
-
 from expression.apps.cli import add_device_argument
 from expression.core.runtime import resolve_device
 from gradcam import explain
@@ -61,7 +60,9 @@ def run_per_method(model, images, args, device):
     """(d): images/s of each method alone, of the fusion and of the TTA-averaged default map."""
     from expression.core.cam_policy import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD
     from expression.core.tta import tta_geometry
-    from gradcam import EXTRA_PASSES, METHODS as ALL_METHODS, explain_views
+    from gradcam import EXTRA_PASSES
+    from gradcam import METHODS as ALL_METHODS
+    from gradcam import explain_views
 
     slow = ("scorecam", "ablationcam")
     rows = []

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-from expression.inference import onnx_export
-from expression.core.checkpoint import load_model, model_record
 from expression.apps.cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
-from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
+from expression.core.checkpoint import load_model, model_record
 from expression.core.model import build_model
+from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
+from expression.inference import onnx_export
 
 
 def get_args_parser() -> ArgumentParser:

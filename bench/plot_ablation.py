@@ -9,7 +9,6 @@ import csv
 import sys
 from pathlib import Path
 
-
 import matplotlib
 
 matplotlib.use("Agg")

@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from expression.core import checkpoint
 from expression.apps.cli import run_main
+from expression.core import checkpoint
 from expression.core.io import atomic_path
 
 MANIFEST = checkpoint.SHIPPED_MODEL.with_suffix(".json")

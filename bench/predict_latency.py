@@ -34,18 +34,18 @@ import skimage.data
 import torch
 from PIL import Image
 
-
-from expression.inference import drawing
+from expression.apps.cli import ArgumentParser, add_device_argument, non_negative_int, positive_int, run_main
 from expression.core.cam_policy import CAMS
-from expression.inference import classifier as face_classifier, pipeline, sources
-from expression.inference import outputs as prediction_outputs
 from expression.core.checkpoint import load_model, model_record, save
-from expression.apps.cli import add_device_argument, ArgumentParser, non_negative_int, positive_int, run_main
-from expression.core.runtime import resolve_device
-from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
-from expression.inference.faces import (CASCADES, DEFAULT_MARGIN, DEFAULT_MIN_NEIGHBORS, FaceDetector,
-                              crop_faces, image_to_rgb)
 from expression.core.model import build_model
+from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
+from expression.core.runtime import resolve_device
+from expression.inference import classifier as face_classifier
+from expression.inference import drawing
+from expression.inference import outputs as prediction_outputs
+from expression.inference import pipeline, sources
+from expression.inference.faces import (CASCADES, DEFAULT_MARGIN, DEFAULT_MIN_NEIGHBORS, FaceDetector, crop_faces,
+                                        image_to_rgb)
 
 
 def video_size(text: str) -> tuple[int, int]:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from expression.apps.cli import ArgumentParser, UsageError, number_in, positive_int, run_main
 from expression.core.datasets import class_folders
-from expression.core.preprocessing import is_image_file
 from expression.core.io import write_text
+from expression.core.preprocessing import is_image_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

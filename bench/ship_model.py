@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
+from expression.apps.cli import UsageError, run_main
 from expression.core import checkpoint
-from expression.apps.cli import run_main, UsageError
-from expression.training.loader import InMemoryLoader
-from expression.core.preprocessing import Preprocessing
 from expression.core.datasets import class_folders, decode_split
-from expression.training.engine import evaluate
 from expression.core.io import write_json
+from expression.core.preprocessing import Preprocessing
+from expression.training.engine import evaluate
+from expression.training.loader import InMemoryLoader
 
 MANIFEST = checkpoint.SHIPPED_MODEL.with_suffix(".json")
 

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from expression.apps.cli import add_device_argument, ArgumentParser, positive_int, run_main
-from expression.core.runtime import resolve_device
-from expression.core.preprocessing import SEED_MEAN, SEED_STD
-from expression.training.loader import InMemoryLoader
+from expression.apps.cli import ArgumentParser, add_device_argument, positive_int, run_main
 from expression.core.datasets import check_splits, decode_split
 from expression.core.model import build_model
+from expression.core.preprocessing import SEED_MEAN, SEED_STD
+from expression.core.runtime import resolve_device
+from expression.training.loader import InMemoryLoader
 
 
 def get_args_parser() -> ArgumentParser:

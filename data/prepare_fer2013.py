@@ -39,14 +39,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from expression.apps.cli import ArgumentParser, UsageError, run_main
-from expression.core.runtime import use_progress_bars
 from expression.core.io import ensure_writable_dir, write_json
+from expression.core.runtime import use_progress_bars
 
 IMG_SIZE = 48
 N_PIXELS = IMG_SIZE * IMG_SIZE

@@ -30,15 +30,15 @@ Modules: ``base`` (hooks, pass, normalisation), ``methods`` (Grad-CAM family, Ei
 Guided Grad-CAM, FullGrad: their own backward pass), ``views`` (maps averaged over test-time
 augmentation views), ``attention``, ``overlay``.
 """
+from .ablationcam import AblationCAM
 from .attention import AttentionResult, attention_maps
 from .base import UPSAMPLE_MODES, BaseCAM, CAMResult, Contrast, LayerHooks, parse_contrast
-from .ablationcam import AblationCAM
-from .methods import (EXTRA_PASSES, FUSED, GRADIENT_METHODS, INPUT_LAYER, METHODS, PIXEL_METHODS, EigenCAM,
-                      GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, explain, fuse_layers, map_keys)
-from .pixel import fullgrad, guided_backprop, guided_gradcam
-from .views import View, apply_view, average_views, explain_views, map_back
+from .methods import (EXTRA_PASSES, FUSED, GRADIENT_METHODS, INPUT_LAYER, METHODS, PIXEL_METHODS, EigenCAM, GradCAM,
+                      GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, explain, fuse_layers, map_keys)
 from .overlay import colorize, overlay
+from .pixel import fullgrad, guided_backprop, guided_gradcam
 from .scorecam import ScoreCAM
+from .views import View, apply_view, average_views, explain_views, map_back
 
 __all__ = [
     "explain", "attention_maps", "overlay", "colorize", "METHODS", "GRADIENT_METHODS",

@@ -34,8 +34,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .base import (LayerHooks, TargetSpec, at_least_float32, check_foils, check_targets, eval_mode,
-                   normalize_per_image, parse_target_pairs, prepare_images, resize_maps, target_scores)
+from .base import (LayerHooks, TargetSpec, at_least_float32, check_foils, check_targets, eval_mode, normalize_per_image,
+                   parse_target_pairs, prepare_images, resize_maps, target_scores)
 
 FULLGRAD_VARIANTS = ("paper", "pytorch-grad-cam")
 

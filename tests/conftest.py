@@ -11,8 +11,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 from expression.core import checkpoint
-from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
 from expression.core.model import build_model
+from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
 
 
 def write_image_folder(root: Path, classes=FER2013_CLASSES, per_class=(6, 3), size=48, seed=0) -> Path:

@@ -16,13 +16,13 @@ from PIL import Image
 
 import app as app_script
 import predict_FER
-from expression.core import cam_policy
-from expression.inference import classifier as prediction
 from expression.apps import webapp
-from expression.core.preprocessing import FER2013_CLASSES
-from expression.inference.classifier import FacePredictor
-from expression.demo.synthetic import png_claiming
 from expression.apps.webapp import BadInput, WebApp, read_image
+from expression.core import cam_policy
+from expression.core.preprocessing import FER2013_CLASSES
+from expression.demo.synthetic import png_claiming
+from expression.inference import classifier as prediction
+from expression.inference.classifier import FacePredictor
 from gradcam import attention_maps, explain
 
 FIELDS = {"source", "frame", "face", "box", "label", "probabilities", "true_label", "annotated", "note", "tta"}
@@ -93,6 +93,7 @@ def test_astronaut_gives_predict_FER_records(app, photos, random_checkpoint, tmp
 
 def test_the_photo_is_numbered_in_reading_order_and_the_panels_follow(app):
     from expression.inference.faces import reading_order
+
     # two rows, the second face of the top row a little lower than the first: rows, then left to right
     boxes = [(300, 40, 80, 80), (20, 200, 90, 90), (10, 10, 90, 90), (400, 190, 70, 70), (150, 30, 80, 80)]
     assert reading_order(boxes) == [(10, 10, 90, 90), (150, 30, 80, 80), (300, 40, 80, 80), (20, 200, 90, 90),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_image_folder
 from PIL import Image
 
 import attentionMap_FER
@@ -22,7 +23,6 @@ import import_seed_model
 import onnx_predict
 import predict_FER
 import train_resnet34
-from conftest import write_image_folder
 from expression.apps.cli import run_main
 
 prepare_fer2013 = importlib.import_module("data.prepare_fer2013")
@@ -78,6 +78,7 @@ def work(tmp_path_factory, random_checkpoint):
     (root / "empty.pt").write_bytes(b"")
     (root / "garbage.pt").write_bytes(b"\x80\x02 not a checkpoint")
     import torch
+
     from expression.core.model import build_model
     torch.save(build_model("resnet34", 7), root / "whole.pt")
     Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(root / "photo.jpg")

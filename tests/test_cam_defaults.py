@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from expression.core import cam_policy
-from expression.inference import classifier as prediction
 from expression.core.checkpoint import load_model
+from expression.inference import classifier as prediction
 from gradcam import METHODS, explain
 
 pytestmark = pytest.mark.usefixtures("single_thread")

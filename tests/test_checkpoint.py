@@ -5,14 +5,14 @@ import urllib.error
 
 import pytest
 import torch
+from conftest import make_checkpoint
 from torchvision import models
 
-from conftest import make_checkpoint
-from expression.core import checkpoint
 from expression.apps.cli import flag_message
+from expression.core import checkpoint
 from expression.core.errors import InputError
-from expression.core.preprocessing import Preprocessing
 from expression.core.model import build_model
+from expression.core.preprocessing import Preprocessing
 
 
 def test_round_trip_is_strict_and_weights_only(tmp_path):

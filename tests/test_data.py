@@ -8,12 +8,12 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from expression.core.datasets import check_splits, decode_split, find_images
 from expression.core.errors import InputError
 from expression.core.model import build_model
-from expression.training.loader import InMemoryLoader
 from expression.core.preprocessing import Preprocessing, normalize
 from expression.training.augment import apply_flip_translate, sample_flip_translate
-from expression.core.datasets import check_splits, decode_split, find_images
+from expression.training.loader import InMemoryLoader
 
 
 def seed_test_transform(size):

@@ -9,14 +9,14 @@ import sys
 
 import numpy as np
 import torch
+from conftest import ROOT
 from sklearn.metrics import confusion_matrix
 
-from conftest import ROOT
 from expression.core import checkpoint
-from expression.training.loader import InMemoryLoader
-from expression.core.preprocessing import Preprocessing
 from expression.core.datasets import check_splits, decode_split
+from expression.core.preprocessing import Preprocessing
 from expression.training.engine import evaluate
+from expression.training.loader import InMemoryLoader
 
 
 def torchrun(tmp_path, image_folder, name, *extra):

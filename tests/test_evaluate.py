@@ -9,15 +9,15 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_checkpoint, write_image_folder
 
 import evaluate as evaluate_script
-from conftest import make_checkpoint, write_image_folder
-from expression.core import checkpoint
 from expression.apps.cli import run_main
-from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
-from expression.training.loader import InMemoryLoader
+from expression.core import checkpoint
 from expression.core.datasets import decode_split
+from expression.core.preprocessing import FER2013_CLASSES, Preprocessing
 from expression.training.engine import evaluate
+from expression.training.loader import InMemoryLoader
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPORT_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "classification_report.txt",

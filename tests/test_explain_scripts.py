@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_checkpoint
 from PIL import Image
 
 import attentionMap_FER
 import gradcam_FER
-from conftest import make_checkpoint
-from expression.core.checkpoint import TRAIN_HINT
 from expression.apps.cli import run_main
+from expression.core.checkpoint import TRAIN_HINT
 from expression.core.preprocessing import FER2013_CLASSES
 
 FAST = ["--layers", "layer3,layer4", "--quiet", "--device", "cpu"]  # two layers keep each run ~1 s

@@ -22,10 +22,10 @@ ort = pytest.importorskip("onnxruntime")
 
 import export
 import onnx_predict
-from expression.inference import onnx_export
-from expression.core.checkpoint import load_model
 from expression.apps.cli import run_main
+from expression.core.checkpoint import load_model
 from expression.core.preprocessing import Preprocessing
+from expression.inference import onnx_export
 
 ROOT = Path(__file__).resolve().parents[1]
 

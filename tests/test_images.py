@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 
 import onnx_predict
-from expression.core.preprocessing import Preprocessing
 from expression.core.datasets import decode_split
-from expression.inference.faces import image_to_rgb
 from expression.core.images import standard_image
+from expression.core.preprocessing import Preprocessing
+from expression.inference.faces import image_to_rgb
 
 rng = np.random.default_rng(0)
 FACE = rng.integers(0, 256, (40, 36), dtype=np.uint8)  # any 8-bit gray picture

@@ -5,12 +5,12 @@ import hashlib
 
 import pytest
 import torch
+from conftest import write_image_folder
 
 import train_resnet34
 from bench.ship_model import half_record
-from conftest import write_image_folder
-from expression.core import checkpoint
 from expression.apps.cli import run_main
+from expression.core import checkpoint
 
 
 def train(tmp_path, data, name, *extra):

@@ -15,11 +15,11 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from expression.core.checkpoint import load_model
 from expression.apps.cli import run_main
+from expression.core.checkpoint import load_model
 from expression.core.preprocessing import FER2013_CLASSES
-from expression.inference.faces import FaceDetector, Region, crop_faces, crop_region, face_region, image_to_rgb
 from expression.inference.classifier import Classifier
+from expression.inference.faces import FaceDetector, Region, crop_faces, crop_region, face_region, image_to_rgb
 from predict_FER import get_args_parser, main
 
 FACE_CENTRE = (225, 114)  # astronaut, 512 px

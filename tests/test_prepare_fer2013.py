@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from expression.apps.cli import run_main
-from expression.core.preprocessing import FER2013_CLASSES
 from expression.core.datasets import check_splits, decode_split
+from expression.core.preprocessing import FER2013_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 # data/ is not a package (it holds datasets), so load the script from its path

@@ -7,19 +7,18 @@ import math
 
 import pytest
 import torch
+from test_train import run
 from torch import nn
 
 import train_resnet34
-from expression.training import recipe
-from expression.training import trainer
-from test_train import run
 from expression.apps.cli import UsageError
 from expression.apps.configs import DEMO_EPOCHS, DEMO_LR, train_config
-from expression.core.errors import InputError
-from expression.training.augment import Augmentation
 from expression.core.datasets import DecodedSplit, stratified_split
-from expression.training.loader import InMemoryLoader, balanced_indices
+from expression.core.errors import InputError
+from expression.training import recipe, trainer
+from expression.training.augment import Augmentation
 from expression.training.engine import train_one_epoch
+from expression.training.loader import InMemoryLoader, balanced_indices
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,18 +7,18 @@ import json
 
 import pytest
 import torch
+from conftest import make_checkpoint
 
 import train_resnet34
-from conftest import make_checkpoint
-from expression.core import checkpoint
+from expression.apps.cli import run_main
 from expression.apps.configs import DEMO_EPOCHS, DEMO_LR, train_config
+from expression.core import checkpoint
+from expression.core.datasets import check_splits, decode_split
+from expression.core.preprocessing import Preprocessing
 from expression.training import recipe, trainer
 from expression.training.config import TrainConfig, from_recipe
-from expression.apps.cli import run_main
-from expression.training.loader import InMemoryLoader
-from expression.core.preprocessing import Preprocessing
-from expression.core.datasets import check_splits, decode_split
 from expression.training.engine import evaluate
+from expression.training.loader import InMemoryLoader
 
 
 def run(tmp_path, image_folder, *extra, name="run"):

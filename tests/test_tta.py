@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcam.views import apply_view
-
 from expression.core.tta import (TENCROP_SCALE, TTA_MODES, ten_crop_offsets, tta_geometry, tta_probs, tta_views,
                                  views_per_image)
+from gradcam.views import apply_view
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -21,9 +21,8 @@ from torch import nn
 from torchvision import models
 
 import import_seed_model
-
-from expression.core import checkpoint
 from expression.apps.cli import run_main
+from expression.core import checkpoint
 from expression.core.errors import InputError
 from expression.core.io import WriteError
 from expression.core.seed_model import SeedModelError, load_whole_resnet34
@@ -82,13 +81,14 @@ def test_damaged_records_are_refused_by_the_one_loader(tmp_path, random_checkpoi
 
 def script_runs(tmp_path, path):
     """Every script that reads a model file, pointed at `path` -> (name, exit code) one after another."""
+    from conftest import write_image_folder
+
     import attentionMap_FER
     import evaluate
     import export
     import gradcam_FER
     import predict_FER
     import train_resnet34
-    from conftest import write_image_folder
 
     face = tmp_path / "face.png"
     Image.fromarray(np.full((48, 48), 128, np.uint8)).save(face)

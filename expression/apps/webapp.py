@@ -30,14 +30,14 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from expression.inference import classifier as face_classifier
+from expression.core.cam_policy import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, SHIPPED_TRUSTED_MAPS
 from expression.core.checkpoint import load_model
+from expression.core.io import atomic_path
 from expression.core.preprocessing import UnreadableImage, load_pil
+from expression.inference import classifier as face_classifier
+from expression.inference.classifier import FUSED_LAYERS, NO_FACE, Classifier, FacePredictor, records
 from expression.inference.drawing import MIN_CANVAS, ON_PAGE, PALETTE, draw_bars
 from expression.inference.faces import FaceDetector, image_to_rgb
-from expression.core.io import atomic_path
-from expression.core.cam_policy import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, SHIPPED_TRUSTED_MAPS
-from expression.inference.classifier import FUSED_LAYERS, NO_FACE, Classifier, FacePredictor, records
 from expression.inference.outputs import ImageSink, RecordWriter
 from gradcam.methods import FUSED
 

@@ -6,8 +6,6 @@ results/shipped_fer2013_publictest/ by tests/test_shipped_model.py).
 """
 from __future__ import annotations
 
-
-
 from gradcam.methods import METHODS
 
 # Any gradcam.explain method ("none" = no map). Score-CAM and Ablation-CAM cost one forward pass per

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from expression.core.errors import InputError, reason
-from expression.core.preprocessing import Preprocessing
 from expression.core.io import atomic_path
 from expression.core.model import ARCHS, build_model, unwrap
+from expression.core.preprocessing import Preprocessing
 
 MODEL_FORMAT = "expression-deciphered/model"
 STATE_FORMAT = "expression-deciphered/train-state"

@@ -2,8 +2,8 @@
 
 PIL's own `convert("L")` clips 16-bit ("I;16", "I") and float ("F") pixels at 255, so a 16-bit face
 becomes near-white; here they are scaled to 0..255 instead. Also: EXIF rotation applied (phone photos
-are stored sideways), transparency dropped (as ImageFolder does) or composited on white, palette, CMYK, YCbCr, LAB and HSV converted,
-and a multi-frame file (GIF, TIFF stack) read as its first frame.
+are stored sideways), transparency dropped (as ImageFolder does) or composited on white, palette, CMYK,
+YCbCr, LAB and HSV converted, and a multi-frame file (GIF, TIFF stack) read as its first frame.
 
 Only PIL and numpy, so the standalone ONNX script can carry a copy that behaves identically (tests compare them).
 """

@@ -17,11 +17,12 @@ import torch
 from expression.core.cam_policy import CAMS, DEFAULT_CAM_LAYER
 from expression.core.checkpoint import choose_model, load_model, shipped_model, shipped_model_missing
 from expression.core.errors import InputError, reason
-from expression.core.preprocessing import Preprocessing
-from expression.inference.drawing import annotate
 from expression.core.images import rgb_uint8
-from expression.inference.faces import DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE, DEFAULT_MIN_NEIGHBORS, FaceDetector, crop_faces
+from expression.core.preprocessing import Preprocessing
 from expression.core.tta import tta_probs
+from expression.inference.drawing import annotate
+from expression.inference.faces import (DEFAULT_DETECT_MAX_SIDE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE,
+                                        DEFAULT_MIN_NEIGHBORS, FaceDetector, crop_faces)
 from gradcam import explain
 from gradcam.methods import FUSED, INPUT_LAYER, LAYER_FREE_METHODS
 

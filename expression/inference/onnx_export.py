@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from expression.core.preprocessing import Preprocessing
 from expression.core.errors import InputError
 from expression.core.io import atomic_path
+from expression.core.preprocessing import Preprocessing
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -40,7 +40,8 @@ class RecordWriter:
         probs = record["probabilities"] or {}
         self._csv.writerow([_cell(v) for v in (record["source"], record["frame"], record["face"], *box,
                                                record["label"], *(probs.get(c) for c in self.class_names),
-                                               record.get("tta"), record["true_label"], record["annotated"], record["note"])])
+                                               record.get("tta"), record["true_label"], record["annotated"],
+                                               record["note"])])
 
     def __exit__(self, *exc):
         self._file.close()

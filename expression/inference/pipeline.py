@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from expression.core.errors import InputError
 from expression.core.preprocessing import UnreadableImage, load_pil
+from expression.inference.classifier import NO_FACE, Item, analyse, classify, records
 from expression.inference.drawing import annotate
 from expression.inference.faces import DEFAULT_MARGIN, image_to_rgb
-from expression.inference.classifier import NO_FACE, Item, analyse, classify, records
 from expression.inference.outputs import ImageSink, VideoSink
 from expression.inference.sources import OutputNames, Source
 

@@ -7,9 +7,8 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from expression.core.preprocessing import is_image_file
 from expression.core.datasets import find_images
+from expression.core.preprocessing import is_image_file
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 

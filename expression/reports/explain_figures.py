@@ -25,15 +25,14 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from expression.core.checkpoint import open_model_quietly
+from expression.core.datasets import find_images
+from expression.core.errors import InputError, UsageError
+from expression.core.io import atomic_path, ensure_writable_dir
+from expression.core.preprocessing import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, load_pil
+from expression.core.runtime import resolve_device, use_progress_bars
 from gradcam.base import CONTRAST_SEP, parse_contrast, resolve_layers
 from gradcam.overlay import overlay
-
-from expression.core.checkpoint import open_model_quietly
-from expression.core.errors import InputError, UsageError
-from expression.core.preprocessing import IMAGE_EXTENSIONS, Preprocessing, UnreadableImage, load_pil
-from expression.core.datasets import find_images
-from expression.core.io import atomic_path, ensure_writable_dir
-from expression.core.runtime import resolve_device, use_progress_bars
 
 # The seed explained all four ResNet34 stages. At 48 px input their feature maps are layer1 12x12,
 # layer2 6x6, layer3 3x3 and layer4 2x2 (strides 4, 8, 16, 32): deep-layer maps are coarse by design,

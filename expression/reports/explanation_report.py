@@ -17,13 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gradcam.evaluation import COLUMNS, SANITY_MAX_RHO, ExplanationScores, nanmean, split_key
-from gradcam.metrics import BASELINE_MAPS, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, step_counts
-
 from expression.core.errors import UsageError, reason
 from expression.core.io import write_text
 from expression.core.report import save_figure
 from expression.reports.explain_figures import DEFAULT_LAYERS
+from gradcam.evaluation import COLUMNS, SANITY_MAX_RHO, ExplanationScores, nanmean, split_key
+from gradcam.metrics import BASELINE_MAPS, DEFAULT_BLUR_SIGMA, DEFAULT_STEPS, step_counts
 
 
 @dataclass(frozen=True)
@@ -149,10 +148,10 @@ def write_markdown(path, config: ReportConfig, checkpoint, images, n, columns, r
         + ("any maximal pixel inside counts" if config.pointing_ties == "any" else "share of the maximal pixels inside")
         + "; a constant map scores chance), counted only on images whose explained class is the true class; energy "
         "pointing: share of the map's mass inside the mask. rand. rho: Spearman correlation between the trained "
-        "model's map and the map after re-initialising the top stage only / the explained layer and everything above it (Adebayo et al. "
-        "2018); a map that passes the sanity check drops well below 1. trusted: beats both baselines on deletion "
-        "(and on pointing, where there are masks) and both rho columns that were measured are below "
-        f"{SANITY_MAX_RHO} (without the sanity check only the baselines are compared).",
+        "model's map and the map after re-initialising the top stage only / the explained layer and everything "
+        "above it (Adebayo et al. 2018); a map that passes the sanity check drops well below 1. trusted: beats "
+        "both baselines on deletion (and on pointing, where there are masks) and both rho columns that were "
+        f"measured are below {SANITY_MAX_RHO} (without the sanity check only the baselines are compared).",
     ]
     if chance is not None:
         lines += ["", f"Chance level for the pointing games: the evidence masks cover {chance:.3f} of the image "

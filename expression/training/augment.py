@@ -3,8 +3,9 @@
 distribution, `Augmentation` chooses it and the rest), random rotation and zoom (RandomAffine's
 degrees/scale), RandomErasing, and mixup/CutMix.
 
-Every random number is drawn from a CPU `torch.Generator` passed in, so a run is repeatable and resumable from the generator's saved state,
-and the pixel work is done on whole batches on whatever device the images live on.
+Every random number is drawn from a CPU `torch.Generator` passed in, so a run is repeatable and
+resumable from the generator's saved state, and the pixel work is done on whole batches on whatever
+device the images live on.
 
     from expression.training.augment import random_rotate_scale, random_erase, mix_batch
     g = torch.Generator().manual_seed(0)

@@ -6,7 +6,6 @@ augmentation applied to whole batches of tensors, torchrun sharding, all randomn
 """
 from __future__ import annotations
 
-
 import torch
 
 from expression.core.datasets import DecodedSplit

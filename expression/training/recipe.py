@@ -19,8 +19,8 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel
 
 from expression.core.errors import InputError
-from expression.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, SEED_MEAN, SEED_STD, SEED_TRANSLATE
 from expression.core.model import unwrap
+from expression.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, SEED_MEAN, SEED_STD, SEED_TRANSLATE
 
 # Every recipe flag, with its value in each preset. None in the parser means "not given": the preset
 # fills it in, so `--recipe strong --lr 0.01` changes only the rate.

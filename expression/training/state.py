@@ -17,10 +17,10 @@ import math
 
 import torch
 
-from expression.training import distributed
-from expression.training.engine import evaluate
 from expression.core.errors import InputError
 from expression.core.model import unwrap
+from expression.training import distributed
+from expression.training.engine import evaluate
 
 
 class TrainingState:
