@@ -35,6 +35,12 @@ def class_folders(root) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
+def class_has_images(folder) -> bool:
+    """Whether a class folder holds an image that decode_split would read (the files ImageFolder takes:
+    sub-folders included, hidden files and folders left out)."""
+    return any(is_image_file(p) for p in _class_files(Path(folder)))
+
+
 def check_splits(train_dir, test_dir, other: str = "test") -> list[str]:
     """Both splits exist, hold the same class folders, and no class folder is empty. `other` names the
     second split in messages ("test", or "validation"). Problems are InputErrors; the caller adds which
@@ -54,7 +60,7 @@ def check_splits(train_dir, test_dir, other: str = "test") -> list[str]:
     for what, path in (("train", train_dir), (other, test_dir)):
         for name in train_classes:
             folder = Path(path) / name
-            if not any(is_image_file(p) for p in _class_files(folder)):
+            if not class_has_images(folder):
                 raise InputError(f"class folder {folder} has no images: add images or remove the class "
                                  f"from both splits")
     return train_classes

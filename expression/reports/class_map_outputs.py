@@ -204,9 +204,10 @@ def draw_layout(path: Path, report: ClassMapReport) -> Path:
     _panel(ax0, face, f"mean of {len(report.labels)} faces", cmap="gray", vmin=0, vmax=255)
     _panel(ax1, tinted, "regions and landmarks")
     size = layout.size
-    for row in check_layout(report.split_mean_face, layout):
+    checks = check_layout(report.split_mean_face, layout)
+    for row in checks:
         ax1.plot(row["x"], row["y"], marker="+", color="white" if row["ok"] else "black", markersize=9, mew=2)
-    marks = [(r["x"], r["y"]) for r in check_layout(report.split_mean_face, layout)]
+    marks = [(r["x"], r["y"]) for r in checks]
     for name, mask in layout.masks.items():
         ys, xs = np.nonzero(mask)
         if not len(xs) or name in ("outside", "other"):
@@ -289,8 +290,9 @@ def draw_disputes(folder: Path, report: ClassMapReport, files, faces_u8) -> list
     suggests and the contrast suggested-vs-label. Single faces of the split: never for publication."""
     names = report.class_names
     paths = []
+    drawn = [i for i in report.disputed_order() if i in report.dispute_maps]
     for c, name in enumerate(names):
-        rows = [i for i in report.disputed_order() if i in report.dispute_maps and report.labels[i] == c]
+        rows = [i for i in drawn if report.labels[i] == c]
         if not rows:
             continue
         folder.mkdir(parents=True, exist_ok=True)

@@ -29,12 +29,14 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from expression.core.cam_policy import DEFAULT_CAM_LAYER, DEFAULT_CAM_METHOD, SHIPPED_MAP_TTA
+from expression.core.datasets import class_folders, class_has_images
 from expression.core.errors import InputError
 from expression.core.preprocessing import normalize
 from expression.core.tta import TTA_MODES, tta_geometry
@@ -87,11 +89,6 @@ class ClassMapConfig:
 def check_split(split_dir, class_names) -> list[str]:
     """A labelled ImageFolder split whose class folders are exactly the model's classes, none of them
     empty -> its class folder names. Anything else is an InputError (option "split") saying what to fix."""
-    from pathlib import Path
-
-    from expression.core.datasets import class_folders
-    from expression.core.preprocessing import is_image_file
-
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise InputError(f"{split_dir} does not exist or is not a folder: give a labelled split, a folder of "
@@ -108,7 +105,7 @@ def check_split(split_dir, class_names) -> list[str]:
                          f"give a split of the model's classes, or the model trained on these", option="split")
     for name in folders:
         folder = split_dir / name
-        if not any(is_image_file(p) and p.is_file() for p in folder.rglob("*")):
+        if not class_has_images(folder):
             raise InputError(f"class folder {folder} has no faces: every class needs at least one image",
                              option="split")
     return folders
@@ -288,25 +285,32 @@ class Structure:
         return self.value - self.shuffled
 
 
-def class_structure(maps: np.ndarray, groups: np.ndarray, k: int, shuffles: int,
-                    rng: np.random.Generator) -> Structure:
-    """structure_of the class maps beside its distribution when the faces' labels are shuffled (class
-    sizes kept): a group of 56 faces has a noisier mean map than one of 895, so distances between class
-    maps are never 0 even for a model that ignores the class; the shuffles measure that floor, and the
-    permutation p-value says whether the real grouping beats it."""
-    flat = maps.reshape(len(maps), -1).astype(np.float32)
+def _structure_against_shuffles(maps_by_target: np.ndarray, groups: np.ndarray, k: int, shuffles: int,
+                                rng: np.random.Generator) -> Structure:
+    """(T, N, S, S) maps -> the mean over the T sets of structure_of their class maps (faces grouped by
+    `groups`), beside the same with the labels shuffled (one permutation for all T; class sizes kept)."""
+    flats = maps_by_target.reshape(len(maps_by_target), maps_by_target.shape[1], -1).astype(np.float32)
 
     def value(g) -> float:
         onehot = np.zeros((k, len(g)), np.float32)
         onehot[g, np.arange(len(g))] = 1
         counts = onehot.sum(1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return structure_of((onehot @ flat) / counts)
+            return float(np.mean([structure_of((onehot @ flat) / counts) for flat in flats]))
 
     point = value(groups)
     null = np.array([value(rng.permutation(groups)) for _ in range(shuffles)])
     return Structure(point, float(null.mean()), float(np.percentile(null, 95)),
                      float((1 + (null >= point).sum()) / (1 + shuffles)))
+
+
+def class_structure(maps: np.ndarray, groups: np.ndarray, k: int, shuffles: int,
+                    rng: np.random.Generator) -> Structure:
+    """structure_of the class maps beside its distribution when the faces' labels are shuffled (class
+    sizes kept): a group of 56 faces has a noisier mean map than one of 895, so distances between class
+    maps are never 0 even for a model that ignores the class; the shuffles measure that floor, and the
+    permutation p-value says whether the real grouping beats it."""
+    return _structure_against_shuffles(maps[None], groups, k, shuffles, rng)
 
 
 def balanced_sample(labels: np.ndarray, k: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -323,19 +327,7 @@ def fixed_target_structure(maps_by_target: np.ndarray, groups: np.ndarray, k: in
     over t. The explained class is the same within each comparison, so what is left is how differently
     the model looks at faces of different classes, not how its read-outs of different classes differ.
     The shuffles apply one permutation of the labels to every t."""
-    flats = maps_by_target.reshape(len(maps_by_target), maps_by_target.shape[1], -1).astype(np.float32)
-
-    def value(g) -> float:
-        onehot = np.zeros((k, len(g)), np.float32)
-        onehot[g, np.arange(len(g))] = 1
-        counts = onehot.sum(1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return float(np.mean([structure_of((onehot @ flat) / counts) for flat in flats]))
-
-    point = value(groups)
-    null = np.array([value(rng.permutation(groups)) for _ in range(shuffles)])
-    return Structure(point, float(null.mean()), float(np.percentile(null, 95)),
-                     float((1 + (null >= point).sum()) / (1 + shuffles)))
+    return _structure_against_shuffles(maps_by_target, groups, k, shuffles, rng)
 
 
 def explain_every_class(model, images: torch.Tensor, k: int, config: ClassMapConfig, mean, std,
