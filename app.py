@@ -24,9 +24,10 @@ from pathlib import Path
 
 from expression.apps.cli import (ArgumentParser, UsageError, add_checkpoint_argument, add_device_argument, positive_int,
                                  resolve_device, run_main)
-from expression.apps.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers, usable_cores
+from expression.apps.webapp import DEFAULT_MAX_OUT_MB, DEFAULT_MAX_PIXELS, KEEP_SECONDS, default_workers
 from expression.core.checkpoint import open_model
 from expression.core.io import ensure_writable_dir
+from expression.core.runtime import usable_cores
 from expression.inference.classifier import DEFAULT_FACE_TTA, FACE_TTA
 
 MAX_UPLOAD_MB = 100  # the upload itself; the pixel count is checked separately (--max-pixels)

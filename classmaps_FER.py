@@ -30,7 +30,6 @@ docs/what-the-model-looks-at.md explains every number.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import time
@@ -44,6 +43,7 @@ from expression.core.checkpoint import SHIPPED_MODEL, open_model_quietly
 from expression.core.datasets import decode_split
 from expression.core.io import ensure_writable_dir, write_json
 from expression.core.preprocessing import Preprocessing
+from expression.core.runtime import usable_cores
 from expression.core.tta import TTA_MODES
 from expression.reports.class_map_outputs import write_report
 from expression.reports.class_maps import MIN_FACES_FOR_MEAN, analyse, check_layer, check_split
@@ -92,8 +92,7 @@ def get_args_parser() -> ArgumentParser:
 
 
 def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.machine()} {platform.processor() or platform.system()}, {cores} cores"
+    return f"{platform.machine()} {platform.processor() or platform.system()}, {usable_cores()} cores"
 
 
 def main(args) -> int:

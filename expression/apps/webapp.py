@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import os
 import queue
 import re
 import secrets
@@ -34,6 +33,7 @@ from expression.core.cam_policy import CAMS, DEFAULT_CAM_LAYER, DEFAULT_CAM_METH
 from expression.core.checkpoint import load_model
 from expression.core.io import atomic_path
 from expression.core.preprocessing import UnreadableImage, load_pil
+from expression.core.runtime import usable_cores
 from expression.inference import classifier as face_classifier
 from expression.inference.classifier import FUSED_LAYERS, NO_FACE, Classifier, FacePredictor, records
 from expression.inference.drawing import MIN_CANVAS, ON_PAGE, PALETTE, draw_bars
@@ -58,14 +58,6 @@ MAP_NOTE = ("**What the maps show.** The explanation colours the pixels of the f
             "A green tick marks a map the project's explanation report trusts (HiResCAM at layer1: it beats "
             "random and centre-blob maps at finding the pixels the model needs, and changes when the model's "
             "weights are randomised); the others are for comparison.")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def default_workers() -> int:

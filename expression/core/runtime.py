@@ -1,8 +1,9 @@
-"""Where and how a run executes: the device (`auto`: cuda, then mps, else cpu) and whether to draw
-progress bars. Shared by training, prediction and the reports, whatever calls them.
+"""Where and how a run executes: the device (`auto`: cuda, then mps, else cpu), the cores it may use and
+whether to draw progress bars. Shared by training, prediction, the reports and the app, whatever calls them.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -22,6 +23,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not mps_ok:
         raise UsageError("--device mps was asked for but MPS is not available: use --device cpu or auto")
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def use_progress_bars(quiet: bool) -> bool:
