@@ -98,7 +98,6 @@ def annotate(item, class_names, alpha: float = 0.5) -> np.ndarray:
     if item.whole:
         strip = np.full((ch, _bar_panel(ch, class_names)[1] + 2 * thick, 3), 40, np.uint8)
         canvas = np.concatenate([canvas, strip], axis=1)
-    font = cv2.FONT_HERSHEY_SIMPLEX
     for box, p in zip(item.boxes, item.probs if item.probs is not None else []):
         x, y, w, h = (v * k for v in box)
         best = int(np.argmax(p))
@@ -106,13 +105,13 @@ def annotate(item, class_names, alpha: float = 0.5) -> np.ndarray:
         cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), colour, thick, cv2.LINE_AA)
         # label above the box (inside it when the box touches the top edge), never wider than the box
         text = f"{class_names[best]} {p[best]:.0%}"
-        unit_w = cv2.getTextSize(text, font, 1.0, 1)[0][0]
+        unit_w = cv2.getTextSize(text, FONT, 1.0, 1)[0][0]
         scale = min(_font_scale(min(max(10, w / 9), 32)), max(0.3, 0.95 * max(w, 60) / unit_w))
         weight = max(1, round(scale * 1.5))
-        (tw, th), base = cv2.getTextSize(text, font, scale, weight)
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, weight)
         ty = y - base - thick if y - th - base - thick >= 0 else y + th + thick
         cv2.rectangle(canvas, (x, ty - th - thick), (x + tw + 2 * thick, ty + base), colour, -1)
-        cv2.putText(canvas, text, (x + thick, ty), font, scale, (0, 0, 0), weight, cv2.LINE_AA)
+        cv2.putText(canvas, text, (x + thick, ty), FONT, scale, (0, 0, 0), weight, cv2.LINE_AA)
         _draw_bars(canvas, (x, y, w, h), p, class_names, thick)
     return canvas
 
